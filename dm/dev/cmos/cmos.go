@@ -120,7 +120,7 @@ type Config struct {
 // CMOS is the NVRAM. It implements hw.PortIO for PortIndex and PortData and
 // is safe for concurrent use.
 type CMOS struct {
-	warn warner
+	warn hw.Warner
 
 	mu    sync.Mutex
 	index uint8
@@ -304,7 +304,7 @@ func (c *CMOS) ClaimPorts(io hw.IOSpace) error {
 // cmos_ioport_read; the data port reads the NVRAM byte at the index.
 func (c *CMOS) ReadPort(port uint16, size int) uint32 {
 	if size != 1 || (port != PortIndex && port != PortData) {
-		c.warn.warn("cmos: bad read", "port", fmt.Sprintf("%#x", port), "size", size)
+		c.warn.Warn("cmos: bad read", "port", fmt.Sprintf("%#x", port), "size", size)
 		return ones(size)
 	}
 	if port == PortIndex {
@@ -313,7 +313,7 @@ func (c *CMOS) ReadPort(port uint16, size int) uint32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.index < FirstIndex {
-		c.warn.warn("cmos: data read with a clock index (Xen's)", "index", fmt.Sprintf("%#x", c.index))
+		c.warn.Warn("cmos: data read with a clock index (Xen's)", "index", fmt.Sprintf("%#x", c.index))
 		return 0xff
 	}
 	return uint32(c.data[c.index])
@@ -323,7 +323,7 @@ func (c *CMOS) ReadPort(port uint16, size int) uint32 {
 // disable, masked off), 0x71 writes the NVRAM byte at the index.
 func (c *CMOS) WritePort(port uint16, size int, v uint32) {
 	if size != 1 || (port != PortIndex && port != PortData) {
-		c.warn.warn("cmos: bad write", "port", fmt.Sprintf("%#x", port), "size", size)
+		c.warn.Warn("cmos: bad write", "port", fmt.Sprintf("%#x", port), "size", size)
 		return
 	}
 	c.mu.Lock()
@@ -333,7 +333,7 @@ func (c *CMOS) WritePort(port uint16, size int, v uint32) {
 		return
 	}
 	if c.index < FirstIndex {
-		c.warn.warn("cmos: data write with a clock index (Xen's)", "index", fmt.Sprintf("%#x", c.index))
+		c.warn.Warn("cmos: data write with a clock index (Xen's)", "index", fmt.Sprintf("%#x", c.index))
 		return
 	}
 	c.data[c.index] = byte(v)

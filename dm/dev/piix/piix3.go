@@ -30,7 +30,7 @@ type PIIX3 struct {
 	*pci.Config
 	irq  hw.Interrupts
 	sd   hw.Shutdown
-	warn warner
+	warn hw.Warner
 
 	mu  sync.Mutex
 	rcr uint8
@@ -87,7 +87,7 @@ func (p *PIIX3) setRoute(link uint8, b byte) {
 		irq = 0
 	}
 	if err := p.irq.SetPCILinkRoute(link, irq); err != nil {
-		p.warn.warn("piix3: set_pci_link_route failed", "link", link, "irq", irq, "err", err)
+		p.warn.Warn("piix3: set_pci_link_route failed", "link", link, "irq", irq, "err", err)
 	}
 }
 
@@ -112,11 +112,11 @@ func (p *PIIX3) ClaimPorts(io hw.IOSpace) error {
 // all-ones above, as the neighbouring bytes read with no decoder.
 func (p *PIIX3) ReadPort(port uint16, size int) uint32 {
 	if port != PortRCR || (size != 1 && size != 2 && size != 4) {
-		p.warn.warn("piix3: bad reset control register read", "port", fmt.Sprintf("%#x", port), "size", size)
+		p.warn.Warn("piix3: bad reset control register read", "port", fmt.Sprintf("%#x", port), "size", size)
 		return ones(size)
 	}
 	if size != 1 {
-		p.warn.warn("piix3: wide reset control register read", "size", size)
+		p.warn.Warn("piix3: wide reset control register read", "size", size)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -127,15 +127,15 @@ func (p *PIIX3) ReadPort(port uint16, size int) uint32 {
 // domain, bit 1 (SRST) is kept; only the low byte counts.
 func (p *PIIX3) WritePort(port uint16, size int, v uint32) {
 	if port != PortRCR || (size != 1 && size != 2 && size != 4) {
-		p.warn.warn("piix3: bad reset control register write", "port", fmt.Sprintf("%#x", port), "size", size, "value", v)
+		p.warn.Warn("piix3: bad reset control register write", "port", fmt.Sprintf("%#x", port), "size", size, "value", v)
 		return
 	}
 	if size != 1 {
-		p.warn.warn("piix3: wide reset control register write", "size", size)
+		p.warn.Warn("piix3: wide reset control register write", "size", size)
 	}
 	if v&rcrResetCPU != 0 {
 		if err := p.sd.Reboot(); err != nil {
-			p.warn.warn("piix3: reboot through reset control register failed", "err", err)
+			p.warn.Warn("piix3: reboot through reset control register failed", "err", err)
 		}
 		return
 	}

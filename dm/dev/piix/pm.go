@@ -69,7 +69,7 @@ type PM struct {
 	*pci.Config
 	sd   hw.Shutdown
 	cpus [lenCPUHotplug]byte
-	warn warner
+	warn hw.Warner
 
 	mu     sync.Mutex
 	cnt    uint16 // PM1a_CNT without SLP_EN
@@ -125,7 +125,7 @@ func (pm *PM) configWritten(reg uint16, size int, v uint32) {
 	}
 	base := pm.Get(regPMBA, 4) & 0xffc0
 	if pm.Get(regPMREGMISC, 1)&1 != 0 && base != pmBase {
-		pm.warn.warn("piix4-pm: guest moved PMBA; the ACPI ports stay where the FADT puts them",
+		pm.warn.Warn("piix4-pm: guest moved PMBA; the ACPI ports stay where the FADT puts them",
 			"pmba", fmt.Sprintf("%#x", base), "fixed", fmt.Sprintf("%#x", pmBase))
 	}
 }
@@ -172,7 +172,7 @@ func within(port uint16, size int, base, n uint16) bool {
 // ReadPort implements hw.PortIO for the ports ClaimPorts claims.
 func (pm *PM) ReadPort(port uint16, size int) uint32 {
 	if !validSize(size) {
-		pm.warn.warn("piix4-pm: bad read size", "port", fmt.Sprintf("%#x", port), "size", size)
+		pm.warn.Warn("piix4-pm: bad read size", "port", fmt.Sprintf("%#x", port), "size", size)
 		return ones(size)
 	}
 	pm.mu.Lock()
@@ -208,14 +208,14 @@ func (pm *PM) ReadPort(port uint16, size int) uint32 {
 		}
 		return v
 	}
-	pm.warn.warn("piix4-pm: read outside its registers", "port", fmt.Sprintf("%#x", port), "size", size)
+	pm.warn.Warn("piix4-pm: read outside its registers", "port", fmt.Sprintf("%#x", port), "size", size)
 	return ones(size)
 }
 
 // WritePort implements hw.PortIO for the ports ClaimPorts claims.
 func (pm *PM) WritePort(port uint16, size int, v uint32) {
 	if !validSize(size) {
-		pm.warn.warn("piix4-pm: bad write size", "port", fmt.Sprintf("%#x", port), "size", size)
+		pm.warn.Warn("piix4-pm: bad write size", "port", fmt.Sprintf("%#x", port), "size", size)
 		return
 	}
 	v &= ones(size)
@@ -264,13 +264,13 @@ func (pm *PM) WritePort(port uint16, size int, v uint32) {
 		}
 		pm.mu.Unlock()
 	case within(port, size, PortPCIHotplug, lenPCIHotplug):
-		pm.warn.warn("piix4-pm: PCI hotplug write ignored (no hotplug, nothing to eject)",
+		pm.warn.Warn("piix4-pm: PCI hotplug write ignored (no hotplug, nothing to eject)",
 			"port", fmt.Sprintf("%#x", port), "size", size, "value", fmt.Sprintf("%#x", v))
 	case within(port, size, PortCPUHotplug, lenCPUHotplug):
-		pm.warn.warn("piix4-pm: write to the read-only CPU bitmap ignored",
+		pm.warn.Warn("piix4-pm: write to the read-only CPU bitmap ignored",
 			"port", fmt.Sprintf("%#x", port), "size", size)
 	default:
-		pm.warn.warn("piix4-pm: write outside its registers", "port", fmt.Sprintf("%#x", port), "size", size)
+		pm.warn.Warn("piix4-pm: write outside its registers", "port", fmt.Sprintf("%#x", port), "size", size)
 	}
 }
 
@@ -279,12 +279,12 @@ func (pm *PM) sleep(typ uint16) {
 	switch typ {
 	case slpTypSoftOff, slpTypQEMUS4:
 		if err := pm.sd.PowerOff(); err != nil {
-			pm.warn.warn("piix4-pm: power off failed", "err", err)
+			pm.warn.Warn("piix4-pm: power off failed", "err", err)
 		}
 	case slpTypS3:
-		pm.warn.warn("piix4-pm: S3 suspend requested but not supported; ignored")
+		pm.warn.Warn("piix4-pm: S3 suspend requested but not supported; ignored")
 	default:
-		pm.warn.warn("piix4-pm: sleep with an undefined SLP_TYP ignored", "slp_typ", typ)
+		pm.warn.Warn("piix4-pm: sleep with an undefined SLP_TYP ignored", "slp_typ", typ)
 	}
 }
 

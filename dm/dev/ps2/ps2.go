@@ -83,7 +83,7 @@ type outByte struct {
 type Controller struct {
 	ints hw.Interrupts
 	sd   hw.Shutdown
-	warn warner
+	warn hw.Warner
 
 	mu       sync.Mutex
 	status   uint8
@@ -143,7 +143,7 @@ func (c *Controller) ClaimPorts(io hw.IOSpace) error {
 // ReadPort implements hw.PortIO.
 func (c *Controller) ReadPort(port uint16, size int) uint32 {
 	if size != 1 {
-		c.warn.warn("i8042: bad read size", "port", fmt.Sprintf("%#x", port), "size", size)
+		c.warn.Warn("i8042: bad read size", "port", fmt.Sprintf("%#x", port), "size", size)
 		return ones(size)
 	}
 	c.mu.Lock()
@@ -162,14 +162,14 @@ func (c *Controller) ReadPort(port uint16, size int) uint32 {
 	case PortA20:
 		return uint32(c.port92)
 	}
-	c.warn.warn("i8042: read of a port it does not decode", "port", fmt.Sprintf("%#x", port))
+	c.warn.Warn("i8042: read of a port it does not decode", "port", fmt.Sprintf("%#x", port))
 	return 0xff
 }
 
 // WritePort implements hw.PortIO.
 func (c *Controller) WritePort(port uint16, size int, v uint32) {
 	if size != 1 {
-		c.warn.warn("i8042: bad write size", "port", fmt.Sprintf("%#x", port), "size", size)
+		c.warn.Warn("i8042: bad write size", "port", fmt.Sprintf("%#x", port), "size", size)
 		return
 	}
 	b := uint8(v)
@@ -185,13 +185,13 @@ func (c *Controller) WritePort(port uint16, size int, v uint32) {
 		c.port92 = b
 		reboot = b&1 != 0 && old&1 == 0
 	default:
-		c.warn.warn("i8042: write to a port it does not decode", "port", fmt.Sprintf("%#x", port))
+		c.warn.Warn("i8042: write to a port it does not decode", "port", fmt.Sprintf("%#x", port))
 	}
 	c.updateIRQ()
 	c.mu.Unlock()
 	if reboot {
 		if err := c.sd.Reboot(); err != nil {
-			c.warn.warn("i8042: reboot failed", "err", err)
+			c.warn.Warn("i8042: reboot failed", "err", err)
 		}
 	}
 }
@@ -229,7 +229,7 @@ func (c *Controller) writeCommand(b uint8) bool {
 	case ccmdEnableA20:
 		c.outport |= outA20
 	default:
-		c.warn.warn("i8042: unsupported controller command ignored", "cmd", fmt.Sprintf("%#x", b))
+		c.warn.Warn("i8042: unsupported controller command ignored", "cmd", fmt.Sprintf("%#x", b))
 	}
 	return false
 }
@@ -349,7 +349,7 @@ func (c *Controller) writeMouse(b uint8) {
 			c.queueByte(r, true)
 		}
 	default:
-		c.warn.warn("i8042: unsupported mouse command ignored", "cmd", fmt.Sprintf("%#x", b))
+		c.warn.Warn("i8042: unsupported mouse command ignored", "cmd", fmt.Sprintf("%#x", b))
 	}
 }
 
@@ -357,7 +357,7 @@ func (c *Controller) writeMouse(b uint8) {
 // is empty. Bytes beyond the queue size are dropped, as QEMU's ps2_queue.
 func (c *Controller) queueByte(b uint8, aux bool) {
 	if len(c.queue) >= queueSize {
-		c.warn.warn("i8042: output queue full; byte dropped")
+		c.warn.Warn("i8042: output queue full; byte dropped")
 		return
 	}
 	c.queue = append(c.queue, outByte{b, aux})
@@ -397,7 +397,7 @@ func (c *Controller) updateIRQ() {
 
 func (c *Controller) setIRQ(irq uint8, level bool) {
 	if err := c.ints.SetISAIRQ(irq, level); err != nil {
-		c.warn.warn("i8042: set_isa_irq_level failed", "irq", irq, "err", err)
+		c.warn.Warn("i8042: set_isa_irq_level failed", "irq", irq, "err", err)
 	}
 }
 

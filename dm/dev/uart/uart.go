@@ -106,7 +106,7 @@ type UART struct {
 	base uint16
 	irq  uint8
 	ints hw.Interrupts
-	warn warner
+	warn hw.Warner
 
 	tx     chan byte
 	stop   chan struct{}
@@ -187,7 +187,7 @@ func (u *UART) writer(out io.Writer) {
 				}
 			}
 			if _, err := out.Write(buf); err != nil {
-				u.warn.warn("uart: output write failed; output is dropped", "uart", u.name, "err", err)
+				u.warn.Warn("uart: output write failed; output is dropped", "uart", u.name, "err", err)
 			}
 		}
 	}
@@ -226,7 +226,7 @@ func (u *UART) ClaimPorts(io hw.IOSpace) error {
 // (impl.max_access_size 1) does; bytes beyond the UART read 0xff.
 func (u *UART) ReadPort(port uint16, size int) uint32 {
 	if size != 1 && size != 2 && size != 4 {
-		u.warn.warn("uart: bad read size", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
+		u.warn.Warn("uart: bad read size", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
 		return 0xffffffff
 	}
 	u.mu.Lock()
@@ -239,7 +239,7 @@ func (u *UART) ReadPort(port uint16, size int) uint32 {
 			b = u.read(off)
 			u.updateIRQ()
 		} else {
-			u.warn.warn("uart: read outside its ports", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
+			u.warn.Warn("uart: read outside its ports", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
 		}
 		v |= uint32(b) << (8 * i)
 	}
@@ -249,7 +249,7 @@ func (u *UART) ReadPort(port uint16, size int) uint32 {
 // WritePort implements hw.PortIO (split like ReadPort).
 func (u *UART) WritePort(port uint16, size int, v uint32) {
 	if size != 1 && size != 2 && size != 4 {
-		u.warn.warn("uart: bad write size", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
+		u.warn.Warn("uart: bad write size", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
 		return
 	}
 	u.mu.Lock()
@@ -260,7 +260,7 @@ func (u *UART) WritePort(port uint16, size int, v uint32) {
 			u.write(off, uint8(v>>(8*i)))
 			u.updateIRQ()
 		} else {
-			u.warn.warn("uart: write outside its ports", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
+			u.warn.Warn("uart: write outside its ports", "uart", u.name, "port", fmt.Sprintf("%#x", port), "size", size)
 		}
 	}
 }
@@ -375,9 +375,9 @@ func (u *UART) write(off int, v uint8) {
 			u.refill()
 		}
 	case regLSR:
-		u.warn.warn("uart: write to read-only LSR ignored", "uart", u.name, "value", v)
+		u.warn.Warn("uart: write to read-only LSR ignored", "uart", u.name, "value", v)
 	case regMSR:
-		u.warn.warn("uart: write to read-only MSR ignored", "uart", u.name, "value", v)
+		u.warn.Warn("uart: write to read-only MSR ignored", "uart", u.name, "value", v)
 	case regSCR:
 		r.scr = v
 	}
@@ -395,7 +395,7 @@ func (u *UART) transmit(b uint8) {
 			u.stats.TxBytes++
 		default:
 			u.stats.TxDropped++
-			u.warn.warn("uart: output queue full (nobody reading the console?); dropping output", "uart", u.name)
+			u.warn.Warn("uart: output queue full (nobody reading the console?); dropping output", "uart", u.name)
 		}
 	}
 	r.lsr |= LSRTHRE | LSRTEMT
@@ -465,7 +465,7 @@ func (u *UART) Input(p []byte) {
 	if len(p) > 0 {
 		u.stats.RxDropped += uint64(len(p))
 		u.r.lsr |= LSROE
-		u.warn.warn("uart: input queue full (guest not reading); dropping input", "uart", u.name)
+		u.warn.Warn("uart: input queue full (guest not reading); dropping input", "uart", u.name)
 	}
 	u.updateIRQ()
 }
@@ -504,7 +504,7 @@ func (u *UART) setLine(level bool) {
 	}
 	u.irqLevel = level
 	if err := u.ints.SetISAIRQ(u.irq, level); err != nil {
-		u.warn.warn("uart: set_isa_irq_level failed", "uart", u.name, "irq", u.irq, "level", level, "err", err)
+		u.warn.Warn("uart: set_isa_irq_level failed", "uart", u.name, "irq", u.irq, "level", level, "err", err)
 	}
 }
 
@@ -560,7 +560,7 @@ func (u *UART) SetState(st State) error {
 	// Drive the line unconditionally: the sink's level is unknown.
 	u.irqLevel = id != IIRNoInt
 	if err := u.ints.SetISAIRQ(u.irq, u.irqLevel); err != nil {
-		u.warn.warn("uart: set_isa_irq_level failed", "uart", u.name, "irq", u.irq, "err", err)
+		u.warn.Warn("uart: set_isa_irq_level failed", "uart", u.name, "irq", u.irq, "err", err)
 	}
 	return nil
 }

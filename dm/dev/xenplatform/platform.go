@@ -98,7 +98,7 @@ func (f UnplugFuncs) UnplugNICs() {
 type Platform struct {
 	*pci.Config
 	unplug Unplugger
-	warn   warner
+	warn   hw.Warner
 
 	mu        sync.Mutex
 	flags     uint8
@@ -164,7 +164,7 @@ func (p *Platform) ClaimPorts(io hw.IOSpace) error {
 func (p *Platform) ReadPort(port uint16, size int) uint32 {
 	off := int(port) - PortFixed
 	if off < 0 || off >= NumPortFixed {
-		p.warn.warn("xen-platform: read outside the fixed ports", "port", fmt.Sprintf("%#x", port), "size", size)
+		p.warn.Warn("xen-platform: read outside the fixed ports", "port", fmt.Sprintf("%#x", port), "size", size)
 		return ones(size)
 	}
 	switch size {
@@ -186,7 +186,7 @@ func (p *Platform) ReadPort(port uint16, size int) uint32 {
 	case 4:
 		return 0xffffffff
 	}
-	p.warn.warn("xen-platform: bad read size", "port", fmt.Sprintf("%#x", port), "size", size)
+	p.warn.Warn("xen-platform: bad read size", "port", fmt.Sprintf("%#x", port), "size", size)
 	return ones(size)
 }
 
@@ -195,7 +195,7 @@ func (p *Platform) ReadPort(port uint16, size int) uint32 {
 func (p *Platform) WritePort(port uint16, size int, v uint32) {
 	off := int(port) - PortFixed
 	if off < 0 || off >= NumPortFixed {
-		p.warn.warn("xen-platform: write outside the fixed ports", "port", fmt.Sprintf("%#x", port), "size", size)
+		p.warn.Warn("xen-platform: write outside the fixed ports", "port", fmt.Sprintf("%#x", port), "size", size)
 		return
 	}
 	switch {
@@ -216,9 +216,9 @@ func (p *Platform) WritePort(port uint16, size int, v uint32) {
 		p.mu.Unlock()
 		slog.Info("xen-platform: guest PV driver build", "build", v)
 	case size != 1 && size != 2 && size != 4:
-		p.warn.warn("xen-platform: bad write size", "port", fmt.Sprintf("%#x", port), "size", size)
+		p.warn.Warn("xen-platform: bad write size", "port", fmt.Sprintf("%#x", port), "size", size)
 	default:
-		p.warn.warn("xen-platform: write to an unused fixed port ignored", "port", fmt.Sprintf("%#x", port), "size", size)
+		p.warn.Warn("xen-platform: write to an unused fixed port ignored", "port", fmt.Sprintf("%#x", port), "size", size)
 	}
 }
 
@@ -227,7 +227,7 @@ func (p *Platform) WritePort(port uint16, size int, v uint32) {
 // is refused (QEMU keeps the flag only if the call succeeded).
 func (p *Platform) setFlags(v uint8) {
 	if v&PFFlagROMLock != 0 {
-		p.warn.warn("xen-platform: guest asked to lock the ROM area read-only; not supported, left writable")
+		p.warn.Warn("xen-platform: guest asked to lock the ROM area read-only; not supported, left writable")
 	}
 }
 
@@ -244,7 +244,7 @@ func (p *Platform) doUnplug(mask uint16) {
 		p.unplugNICs()
 	}
 	if mask&^0xf != 0 {
-		p.warn.warn("xen-platform: unknown unplug bits ignored", "mask", fmt.Sprintf("%#x", mask))
+		p.warn.Warn("xen-platform: unknown unplug bits ignored", "mask", fmt.Sprintf("%#x", mask))
 	}
 }
 
@@ -300,7 +300,7 @@ type bar0 struct{ p *Platform }
 func (b bar0) ReadPort(port uint16, size int) uint32 {
 	base, ok := b.p.BARBase(0)
 	if !ok || uint64(port) < base || uint64(port)-base >= bar0Size || (size != 1 && size != 2 && size != 4) {
-		b.p.warn.warn("xen-platform: bad BAR0 read", "port", fmt.Sprintf("%#x", port), "size", size)
+		b.p.warn.Warn("xen-platform: bad BAR0 read", "port", fmt.Sprintf("%#x", port), "size", size)
 		return ones(size)
 	}
 	var v uint32
@@ -319,7 +319,7 @@ func (b bar0) ReadPort(port uint16, size int) uint32 {
 func (b bar0) WritePort(port uint16, size int, v uint32) {
 	base, ok := b.p.BARBase(0)
 	if !ok || uint64(port) < base || uint64(port)-base >= bar0Size || (size != 1 && size != 2 && size != 4) {
-		b.p.warn.warn("xen-platform: bad BAR0 write", "port", fmt.Sprintf("%#x", port), "size", size)
+		b.p.warn.Warn("xen-platform: bad BAR0 write", "port", fmt.Sprintf("%#x", port), "size", size)
 		return
 	}
 	for i := 0; i < size; i++ {
@@ -352,12 +352,12 @@ func (b bar0) WritePort(port uint16, size int, v uint32) {
 type bar1 struct{ p *Platform }
 
 func (b bar1) ReadMMIO(addr uint64, size int) uint64 {
-	b.p.warn.warn("xen-platform: read from the platform MMIO BAR")
+	b.p.warn.Warn("xen-platform: read from the platform MMIO BAR")
 	return 0
 }
 
 func (b bar1) WriteMMIO(addr uint64, size int, v uint64) {
-	b.p.warn.warn("xen-platform: write to the platform MMIO BAR ignored")
+	b.p.warn.Warn("xen-platform: write to the platform MMIO BAR ignored")
 }
 
 // State returns the device's state.
