@@ -229,6 +229,29 @@ func (t *Tracker) DropPages(pfn, n uint64) {
 	t.report(drops)
 }
 
+// DropDisk forgets every page that references disk: it was detached (platform
+// unplug: the guest now writes it through PV drivers the tracker never sees)
+// or its medium changed.
+func (t *Tracker) DropDisk(disk uint8) {
+	t.mu.Lock()
+	if !t.frozen {
+		for ci, c := range t.chunks {
+			if c == nil {
+				continue
+			}
+			for k := range c {
+				if c[k].key&keyValid != 0 && uint8(c[k].key>>diskShift&diskMask) == disk {
+					t.removeLocked(uint64(ci)<<chunkShift | uint64(k))
+					t.stats.Invalidations++
+				}
+			}
+		}
+	}
+	drops := t.takeDrops()
+	t.mu.Unlock()
+	t.report(drops)
+}
+
 // DropGPA forgets every page that [gpa, gpa+n) touches.
 func (t *Tracker) DropGPA(gpa, n uint64) {
 	if n == 0 {

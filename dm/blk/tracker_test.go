@@ -308,3 +308,17 @@ type syncDirty struct {
 }
 
 func (d *syncDirty) MarkDirty(pfn, n uint64) { d.mu.Lock(); d.n += n; d.mu.Unlock() }
+
+func TestTrackerDropDisk(t *testing.T) {
+	d := dirtySet{}
+	tr := NewTracker(TrackerConfig{Dirty: d})
+	data := make([]byte, 2*4096)
+	tr.DiskToGuest(tr.Begin(), 0, 0, []Segment{{GPA: 0, Len: 4096}}, data)
+	tr.DiskToGuest(tr.Begin(), 1, 0, []Segment{{GPA: 0x1000, Len: 8192}}, data)
+	tr.DropDisk(1)
+	out, ok := make([]Ref, 3), make([]bool, 3)
+	tr.Lookup([]uint64{0, 1, 2}, out, ok)
+	if !ok[0] || ok[1] || ok[2] || !d[1] || !d[2] || d[0] {
+		t.Fatalf("DropDisk(1): found %v, dirty %v", ok, d)
+	}
+}

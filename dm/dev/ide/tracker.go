@@ -35,10 +35,4 @@ func (o trackerObserver) GuestWritten(gpa, n uint64) { o.t.DropGPA(gpa, n) }
 // DriveDetached forgets every page that references the drive: after a
 // platform unplug the guest writes that disk through PV drivers, which the
 // tracker never sees, and a changed CD-ROM medium holds other data.
-func (o trackerObserver) DriveDetached(drive int) {
-	for _, e := range o.t.Export() {
-		if int(e.Disk) == drive {
-			o.t.DropPages(e.PFN, 1)
-		}
-	}
-}
+func (o trackerObserver) DriveDetached(drive int) { o.t.DropDisk(uint8(drive)) }
