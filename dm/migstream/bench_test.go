@@ -1,0 +1,117 @@
+package migstream_test
+
+import (
+	"bytes"
+	"io"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/xen-dm-go/xen-dm-go/dm/blk"
+	ms "github.com/xen-dm-go/xen-dm-go/dm/migstream"
+	"github.com/xen-dm-go/xen-dm-go/dm/migstream/streamtest"
+)
+
+// benchStream is a 32 MiB one-pass stream of 1024-page records (what libxc
+// writes), every page tracked and equal to its block.
+var benchStream = sync.OnceValue(func() *streamtest.Stream {
+	return streamtest.Generate(streamtest.Config{Seed: 42, Pages: 8192, Batch: ms.MaxBatchSize, Rounds: -1,
+		Tracked: 1, Stale: -1, Holes: -1, Broken: -1, XAlloc: -1, PVTab: -1, Dup: -1})
+})
+
+// staleTracker knows every pfn but with a hash no page has: lookup and hash
+// every page, elide none.
+type staleTracker struct{ *streamtest.FakeTracker }
+
+func (s staleTracker) Lookup(pfns []uint64, out []blk.Ref, ok []bool) (int, error) {
+	n, err := s.FakeTracker.Lookup(pfns, out, ok)
+	for i := range pfns {
+		out[i].Hash ^= 1
+	}
+	return n, err
+}
+
+// BenchmarkFilter measures the transport's codec on one core, in memory:
+// bytes of input stream per second.
+func BenchmarkFilter(b *testing.B) {
+	s := benchStream()
+	cases := []struct {
+		name string
+		tr   ms.Tracker
+	}{
+		{"passthrough", nil},
+		{"lookup-miss", streamtest.NewFakeTracker()},
+		{"hash-mismatch", staleTracker{s.Tracker}},
+		{"elide-all", s.Tracker},
+	}
+	sink := &memSink{buf: make([]byte, 8<<20)}
+	b.Run("raw-copy", func(b *testing.B) {
+		b.SetBytes(int64(len(s.Bytes)))
+		buf := make([]byte, 1<<20)
+		for b.Loop() {
+			io.CopyBuffer(onlyWriter{sink}, onlyReader{bytes.NewReader(s.Bytes)}, buf)
+		}
+	})
+	cases = append(cases, struct {
+		name string
+		tr   ms.Tracker
+	}{"elide-all-socket", socketTracker(b, s)})
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(s.Bytes)))
+			var out int64
+			for b.Loop() {
+				el, err := ms.Filter(sink, bytes.NewReader(s.Bytes), ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: c.tr}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				out = el.Stats().Elided.Load()
+			}
+			b.ReportMetric(float64(out), "elided/op")
+		})
+	}
+}
+
+// socketTracker serves a real blk.Tracker holding the stream's references
+// on a unix socket, as the device model does.
+func socketTracker(b *testing.B, s *streamtest.Stream) ms.Tracker {
+	bt := blk.NewTracker(blk.TrackerConfig{})
+	for pfn, r := range s.Tracker.Refs {
+		data := streamtest.Block(r.Disk, r.Sector/8)
+		bt.DiskToGuest(bt.Begin(), r.Disk, int64(r.Sector)*512, []blk.Segment{{GPA: pfn << 12, Len: ms.PageSize}}, data)
+	}
+	path := filepath.Join(b.TempDir(), "t.sock")
+	srv, err := blk.ServeTracker(path, bt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { srv.Close() })
+	c, err := blk.DialTracker(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// memSink copies what is written, as write(2) to a pipe or socket does.
+type memSink struct {
+	buf []byte
+	off int
+}
+
+func (m *memSink) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if m.off == len(m.buf) {
+			m.off = 0
+		}
+		c := copy(m.buf[m.off:], p)
+		m.off += c
+		p = p[c:]
+	}
+	return n, nil
+}
+
+type onlyWriter struct{ io.Writer }
+type onlyReader struct{ io.Reader }

@@ -1,0 +1,120 @@
+package migstream_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/xen-dm-go/xen-dm-go/dm/blk"
+	ms "github.com/xen-dm-go/xen-dm-go/dm/migstream"
+)
+
+func TestPageRefsRoundTrip(t *testing.T) {
+	var refs []ms.Elided
+	// Two extents on disk 0, a gap, one page on disk 1, a run broken by a
+	// sector jump.
+	add := func(pfn uint64, disk uint8, sector uint64) {
+		refs = append(refs, ms.Elided{PFN: pfn, Ref: blk.Ref{Disk: disk, Sector: sector, Hash: pfn*31 + sector}})
+	}
+	for i := uint64(0); i < 10; i++ {
+		add(100+i, 0, 8000+8*i)
+	}
+	add(200, 1, 16)
+	add(201, 0, 16)
+	add(202, 0, 24)
+	add(203, 0, 800)
+	body, err := ms.EncodePageRefs(refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next := binary.LittleEndian.Uint64(body[8:]); next != 4 {
+		t.Fatalf("%d extents, want 4", next)
+	}
+	if want := 16 + 4*24 + 8*len(refs); len(body) != want {
+		t.Fatalf("body %d bytes, want %d", len(body), want)
+	}
+	got, err := ms.DecodePageRefs(body)
+	if err != nil || !slices.Equal(got, refs) {
+		t.Fatalf("decode: %v\n%+v", err, got)
+	}
+	// Empty.
+	body, _ = ms.EncodePageRefs(nil)
+	if got, err := ms.DecodePageRefs(body); err != nil || len(got) != 0 {
+		t.Fatal(got, err)
+	}
+	// Unsorted input is refused.
+	if _, err := ms.EncodePageRefs([]ms.Elided{{PFN: 2}, {PFN: 1}}); err == nil {
+		t.Fatal("unsorted accepted")
+	}
+}
+
+func TestPageRefsErrors(t *testing.T) {
+	good, _ := ms.EncodePageRefs([]ms.Elided{{PFN: 1, Ref: blk.Ref{Sector: 8}}, {PFN: 10, Ref: blk.Ref{Sector: 80}}})
+	mod := func(off int, v uint64, size int) []byte {
+		b := bytes.Clone(good)
+		if size == 8 {
+			binary.LittleEndian.PutUint64(b[off:], v)
+		} else {
+			binary.LittleEndian.PutUint32(b[off:], uint32(v))
+		}
+		return b
+	}
+	for _, c := range []struct {
+		b    []byte
+		want string
+	}{
+		{good[:10], "truncated"},
+		{mod(0, 3, 8), "need"},
+		{mod(16+24, 0, 8), "overlaps"}, // second extent pfn 0 < 2
+		{mod(16+16, 0, 4), "count 0"},
+		{mod(16+8, 3, 8), "bad sector"},
+		{mod(16+16, 2, 4), "more than"},
+		{func() []byte { b := bytes.Clone(good); b[16+21] = 1; return b }(), "reserved"},
+	} {
+		if _, err := ms.DecodePageRefs(c.b); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("want %q, got %v", c.want, err)
+		}
+	}
+}
+
+func TestContainer(t *testing.T) {
+	refs := []ms.Elided{{PFN: 3, Ref: blk.Ref{Disk: 1, Sector: 24, Hash: 9}}}
+	// A raw blob is wrapped.
+	w, err := ms.AttachPageRefs([]byte("qemu-ish blob"), refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, got, err := ms.PageRefs(w)
+	if err != nil || string(dm) != "qemu-ish blob" || !slices.Equal(got, refs) {
+		t.Fatalf("%q %v %v", dm, got, err)
+	}
+	// A raw blob with no references is untouched; a non-container is returned as is.
+	if b, _ := ms.AttachPageRefs([]byte("x"), nil); string(b) != "x" {
+		t.Fatal("raw blob changed")
+	}
+	if dm, got, err := ms.PageRefs([]byte("x")); string(dm) != "x" || got != nil || err != nil {
+		t.Fatal("raw PageRefs")
+	}
+	// Replacing is idempotent.
+	w2, err := ms.AttachPageRefs(w, refs)
+	if err != nil || !bytes.Equal(w2, w) {
+		t.Fatal("re-attach changed the container")
+	}
+	// Layout: header, sections 8-aligned, END last.
+	if !bytes.HasPrefix(w, []byte("XDMGSTAT\x01\x00\x00\x00\x00\x00\x00\x00DMBLOB\x00\x00\x01\x00\x00\x00")) || len(w)%8 != 0 ||
+		!bytes.HasSuffix(w, []byte("END\x00\x00\x00\x00\x00"+strings.Repeat("\x00", 16))) {
+		t.Fatalf("layout % x", w)
+	}
+	// Corruptions.
+	for _, b := range [][]byte{w[:len(w)-1], append(bytes.Clone(w), 0), w[:20], func() []byte {
+		b := bytes.Clone(w)
+		b[8] = 2
+		return b
+	}()} {
+		if _, err := ms.ParseContainer(b); err == nil {
+			t.Errorf("accepted % x", b)
+		}
+	}
+}
