@@ -26,36 +26,32 @@ import (
 
 	"github.com/xen-dm-go/xen-dm-go/dm"
 	"github.com/xen-dm-go/xen-dm-go/dm/config"
+	"github.com/xen-dm-go/xen-dm-go/dm/migstream"
 )
 
 // subcommand is a mode selected by the first argument.
 type subcommand struct {
 	summary string
-	run     func(args []string, stdout, stderr io.Writer) int
+	run     func(args []string, stdin io.Reader, stdout, stderr io.Writer) int
 }
 
-// subcommands are filled in by later issues (one file each).
+// subcommands: the migration transport and stream tools (dm/migstream).
 var subcommands = map[string]subcommand{
-	"migrate-send":    {"send a domain for xl migrate (-s transport)", notYet("migrate-send")},
-	"migrate-receive": {"receive a domain migrated with migrate-send", notYet("migrate-receive")},
-	"stream":          {"inspect a migration stream", notYet("stream")},
-}
-
-func notYet(name string) func([]string, io.Writer, io.Writer) int {
-	return func(_ []string, _, stderr io.Writer) int {
-		fmt.Fprintf(stderr, "xen-dm-go %s: not implemented yet\n", name)
-		return 2
-	}
+	"migrate-send":    {"send a domain for xl migrate (-s transport), eliding disk-backed pages", migstream.SendMain},
+	"migrate-receive": {"receive a domain sent by migrate-send and hand it to xl migrate-receive", migstream.ReceiveMain},
+	"stream":          {"compact, inspect or verify a save/migration stream", migstream.StreamMain},
 }
 
 func main() {
-	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+	// os.Stdout itself (not a wrapper): migrate-send closes it when the
+	// receiver goes away, so xl sees EOF instead of hanging.
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
 }
 
-func run(argv []string, stdout, stderr io.Writer) int {
+func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(argv) > 1 {
 		if sc, ok := subcommands[argv[1]]; ok {
-			return sc.run(argv[2:], stdout, stderr)
+			return sc.run(argv[2:], stdin, stdout, stderr)
 		}
 	}
 	return runDeviceModel(argv, stdout, stderr)
@@ -86,7 +82,7 @@ func runDeviceModel(argv []string, stdout, stderr io.Writer) int {
 	log.Info("xen-dm-go starting", "version", config.Version, "pid", os.Getpid(), "argv", strings.Join(argv, " "))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := dm.Run(ctx, cfg, dm.Options{Log: log}); err != nil {
+	if err := dm.Run(ctx, cfg, dm.Options{Log: log, DeviceState: &dm.DevState{Log: log}}); err != nil {
 		log.Error("xen-dm-go exiting with an error", "err", err)
 		return 1
 	}

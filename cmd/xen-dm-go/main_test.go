@@ -8,21 +8,25 @@ import (
 
 func TestDispatch(t *testing.T) {
 	var out, errb bytes.Buffer
-	if rc := run([]string{"xen-dm-go", "--version"}, &out, &errb); rc != 0 || !strings.HasPrefix(out.String(), "QEMU emulator version 7.2.0 (xen-dm-go") {
+	if rc := runT([]string{"xen-dm-go", "--version"}, &out, &errb); rc != 0 || !strings.HasPrefix(out.String(), "QEMU emulator version 7.2.0 (xen-dm-go") {
 		t.Fatalf("--version: rc %d out %q", rc, out.String())
 	}
 	out.Reset()
-	if rc := run([]string{"/usr/local/bin/xen-dm-go", "--help"}, &out, &errb); rc != 0 || !strings.Contains(out.String(), "-xen-domid ARG") ||
+	if rc := runT([]string{"/usr/local/bin/xen-dm-go", "--help"}, &out, &errb); rc != 0 || !strings.Contains(out.String(), "-xen-domid ARG") ||
 		!strings.Contains(out.String(), "migrate-send") {
 		t.Fatalf("--help: rc %d out %q", rc, out.String())
 	}
 	errb.Reset()
-	if rc := run([]string{"xen-dm-go", "-xen-domid", "3", "-machine", "xenfv", "-hda", "x"}, &out, &errb); rc != 1 ||
+	if rc := runT([]string{"xen-dm-go", "-xen-domid", "3", "-machine", "xenfv", "-hda", "x"}, &out, &errb); rc != 1 ||
 		!strings.Contains(errb.String(), "-hda: unknown option") {
 		t.Fatalf("unknown option: rc %d err %q", rc, errb.String())
 	}
 	errb.Reset()
-	if rc := run([]string{"xen-dm-go", "migrate-send", "x"}, &out, &errb); rc != 2 || !strings.Contains(errb.String(), "not implemented") {
-		t.Fatalf("subcommand: rc %d err %q", rc, errb.String())
+	if rc := runT([]string{"xen-dm-go", "stream", "inspect", "/nonexistent"}, &out, &errb); rc == 0 || errb.Len() == 0 {
+		t.Fatalf("stream subcommand: rc %d err %q", rc, errb.String())
 	}
+}
+
+func runT(argv []string, stdout, stderr *bytes.Buffer) int {
+	return run(argv, strings.NewReader(""), stdout, stderr)
 }
