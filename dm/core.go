@@ -1,6 +1,7 @@
 package dm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,8 +34,8 @@ type Options struct {
 	Platform Platform
 	// Log is where everything is logged (default: slog.Default()).
 	Log *slog.Logger
-	// DeviceState saves and loads device state; nil means save/restore
-	// are refused (see DeviceState).
+	// DeviceState saves and loads device state (&DevState{} in the
+	// binary); nil means save/restore are refused (see DeviceState).
 	DeviceState DeviceState
 	// OpenTAP creates and holds a TAP interface (default: openTAP).
 	OpenTAP func(name string) (io.Closer, error)
@@ -72,11 +73,15 @@ type Core struct {
 	servers []*qmp.Server
 	monInfo []qmp.ChardevInfo
 
-	mu           sync.Mutex
-	status       string
-	wroteRunning bool
-	xsClosed     bool
-	shutdownOnce sync.Once
+	// runMu serialises the run-state changes (stop, cont, save).
+	runMu sync.Mutex
+
+	mu              sync.Mutex
+	status          string
+	disksHandedOver bool // a live save left the disks to the destination
+	wroteRunning    bool
+	xsClosed        bool
+	shutdownOnce    sync.Once
 
 	fatalOnce sync.Once
 	fatalCh   chan error
@@ -359,7 +364,11 @@ func (c *Core) Start(ctx context.Context) error {
 	return nil
 }
 
-// loadIncoming loads -incoming fd:N before the guest can run.
+// loadIncoming loads -incoming fd:N before the guest can run (the ioreq
+// server is not enabled yet, and guest RAM came with the libxc stream: it is
+// not populated again). A state that cannot be loaded fails start-up, so
+// the device model exits before it signals readiness and libxl fails the
+// restore.
 func (c *Core) loadIncoming() (func() error, error) {
 	f := c.opts.IncomingFile(c.cfg.Incoming.FD)
 	if f == nil {
@@ -370,7 +379,7 @@ func (c *Core) loadIncoming() (func() error, error) {
 		return nil, fmt.Errorf("restoring device state (-incoming fd:%d) is not supported yet by this build of xen-dm-go", c.cfg.Incoming.FD)
 	}
 	if err := c.opts.DeviceState.Load(context.Background(), f, c.machine); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("-incoming fd:%d: %w", c.cfg.Incoming.FD, err)
 	}
 	c.mu.Lock()
 	if c.cfg.StartPaused {
@@ -586,6 +595,12 @@ const drainTimeout = 5 * time.Second
 // stops forwarding accesses, then drain in-flight device I/O and flush the
 // dirty log, so nothing touches guest memory after the reply.
 func (c *Core) Stop(ctx context.Context) error {
+	c.runMu.Lock()
+	defer c.runMu.Unlock()
+	return c.stop(ctx)
+}
+
+func (c *Core) stop(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.status != qmp.StatusRunning {
@@ -608,8 +623,15 @@ func (c *Core) Stop(ctx context.Context) error {
 
 // Cont implements qmp.Backend (QMP cont): enable the ioreq server; the first
 // cont after -S also announces "running" in xenstore. It succeeds when
-// already running.
+// already running. After a live save (a migration that failed on the way)
+// it takes the disks back: the guest runs on here again.
 func (c *Core) Cont(ctx context.Context) error {
+	c.runMu.Lock()
+	defer c.runMu.Unlock()
+	return c.cont(ctx)
+}
+
+func (c *Core) cont(ctx context.Context) error {
 	c.mu.Lock()
 	switch c.status {
 	case qmp.StatusRunning:
@@ -627,7 +649,12 @@ func (c *Core) Cont(ctx context.Context) error {
 		return fmt.Errorf("enable ioreq server: %w", err)
 	}
 	c.status = qmp.StatusRunning
+	handedOver := c.disksHandedOver
+	c.disksHandedOver = false
 	c.mu.Unlock()
+	if handedOver {
+		c.log.Warn("resuming after a live device-state save (the migration did not complete): the guest and its disks are ours again")
+	}
 	c.log.Info("running")
 	if err := c.announceRunning(ctx); err != nil {
 		c.log.Warn("cont: could not announce running in xenstore", "err", err)
@@ -651,26 +678,81 @@ func (c *Core) Chardevs() []qmp.ChardevInfo {
 // VCPUs implements qmp.Backend.
 func (c *Core) VCPUs() int { return c.vcpus }
 
-// SaveDevicesState implements qmp.Backend (xen-save-devices-state).
+// SaveDevicesState implements qmp.Backend (xen-save-devices-state). libxl
+// has stopped the VM; a running VM is stopped around the save (as QEMU
+// does). In-flight disk I/O is drained and the images are flushed before
+// the state is taken, so the state describes no transfer in flight and, with
+// live (a migration), the destination that opens the images next sees
+// every write; the guest stays stopped, so nothing is written to them until
+// a cont. f is truncated first: libxl opens qemu-save.<domid> without
+// O_TRUNC and copies the whole file into the stream.
 func (c *Core) SaveDevicesState(ctx context.Context, f *os.File, live bool) error {
 	if c.opts.DeviceState == nil {
 		return qmp.Errorf("xen-save-devices-state: saving device state is not supported yet by this build of xen-dm-go")
 	}
+	c.runMu.Lock()
+	defer c.runMu.Unlock()
 	c.mu.Lock()
 	running := c.status == qmp.StatusRunning
 	c.mu.Unlock()
 	if running {
-		// QEMU stops the VM around the save itself; libxl always stops first.
-		if err := c.Stop(ctx); err != nil {
+		if err := c.stop(ctx); err != nil {
 			return err
 		}
-		defer c.Cont(ctx)
+		defer c.cont(ctx)
 	}
 	start := time.Now()
-	if err := c.opts.DeviceState.Save(ctx, f, c.machine, live); err != nil {
-		return err
+	dctx, cancel := context.WithTimeout(ctx, drainTimeout)
+	err := c.machine.Drain(dctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("xen-save-devices-state: draining and flushing the disks: %w", err)
 	}
-	c.log.Info("device state saved", "live", live, "took", time.Since(start))
+	c.dirty.flush()
+	var buf bytes.Buffer
+	if err := c.opts.DeviceState.Save(ctx, &buf, c.machine, live); err != nil {
+		return fmt.Errorf("xen-save-devices-state: %w", err)
+	}
+	if err := writeStateFile(f, buf.Bytes()); err != nil {
+		return fmt.Errorf("xen-save-devices-state: %w", err)
+	}
+	if live && !running {
+		c.mu.Lock()
+		c.disksHandedOver = true
+		c.mu.Unlock()
+	}
+	c.log.Info("device state saved", "live", live, "bytes", buf.Len(), "file", f.Name(), "took", time.Since(start))
+	if live {
+		c.log.Info("disk images flushed and left to the destination: no further writes until cont")
+	}
+	return nil
+}
+
+// writeStateFile replaces the contents of f with b: truncate (libxl opened
+// it without O_TRUNC, and a longer earlier state would leave garbage after
+// ours), write from offset 0, fsync. A pipe or socket is just written.
+func writeStateFile(f *os.File, b []byte) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	regular := fi.Mode().IsRegular()
+	if regular {
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("truncate %s: %w", f.Name(), err)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("seek %s: %w", f.Name(), err)
+		}
+	}
+	if _, err := f.Write(b); err != nil {
+		return fmt.Errorf("write %d bytes to %s: %w", len(b), f.Name(), err)
+	}
+	if regular {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", f.Name(), err)
+		}
+	}
 	return nil
 }
 

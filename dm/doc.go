@@ -53,7 +53,11 @@
 //
 // QMP stop disables the ioreq server (Xen's null handler then answers the
 // guest), drains and flushes device I/O and flushes the dirty log; cont
-// enables it again (and succeeds when already running). While QMP
+// enables it again (and succeeds when already running). QMP
+// xen-save-devices-state drains and flushes again, then writes the
+// device state (DevState, dm/devstate; docs/device-state.md) into the
+// truncated add-fd file and fsyncs it; -incoming fd:N loads one before the
+// ioreq server is enabled, and start-up fails on a state it cannot load. While QMP
 // xen-set-global-dirty-log is on, every guest page the device model writes
 // (DMA, pointer ioreqs) is reported with XEN_DMOP_modified_memory in
 // batches.

@@ -82,9 +82,9 @@ type evtchnRestricter interface {
 
 // DeviceState saves and loads the device state blob libxl stores as the
 // EMULATOR_CONTEXT record (QMP xen-save-devices-state, -incoming fd:N).
-// The format is ours; it must be versioned and self-describing. Until an
-// implementation is configured (Options.DeviceState), save answers QMP with
-// a GenericError and -incoming fails start-up: restore is not faked.
+// The format is ours (DevState, dm/devstate, docs/device-state.md). Without
+// an implementation (Options.DeviceState nil), save answers QMP with a
+// GenericError and -incoming fails start-up: restore is not faked.
 type DeviceState interface {
 	// Save writes the state of m. It runs with the ioreq server disabled
 	// and device I/O drained (libxl stops the VM first). live is QMP's

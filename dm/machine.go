@@ -73,9 +73,23 @@ type Machine struct {
 	Disks    []Disk
 	// VGA names the display adapter -device asked for (not emulated).
 	VGA string
+	// Info describes the machine as it was built (the device-state header).
+	Info MachineInfo
 
 	log     *slog.Logger
 	closers []func() error // in creation order
+}
+
+// MachineInfo is what the command line and Xen made of the machine: what a
+// saved device state must agree with to be loaded into it.
+type MachineInfo struct {
+	DomID         uint32
+	Type          string // -machine type: "xenfv" or "pc"
+	XenPlatform   bool   // 00:02.0 xen-platform present
+	ACPI          bool   // 00:01.3 PIIX4 PM present
+	VCPUs         int    // XEN_DMOP_nr_vcpus
+	RAMBytes      uint64 // -m
+	MaxRAMBelow4G uint64
 }
 
 // machineEnv is what buildMachine wires devices to.
@@ -143,7 +157,10 @@ func (m *Machine) drainQuick() {
 // their fixed ports. On error everything created so far is closed.
 func buildMachine(env machineEnv) (m *Machine, err error) {
 	cfg := env.cfg
-	m = &Machine{Bus: pci.NewBus(), log: env.log}
+	m = &Machine{Bus: pci.NewBus(), log: env.log, Info: MachineInfo{
+		DomID: cfg.DomID, Type: cfg.Machine.Type, XenPlatform: cfg.Machine.XenPlatform, ACPI: !cfg.NoACPI,
+		VCPUs: env.vcpus, RAMBytes: cfg.RAMSize, MaxRAMBelow4G: cfg.Machine.MaxRAMBelow4G,
+	}}
 	defer func() {
 		if err != nil {
 			m.Close()

@@ -1,0 +1,4 @@
+package devstate
+
+// Fixture is fixture() for the external tests.
+var Fixture = fixture

@@ -1,0 +1,122 @@
+package devstate
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/xen-dm-go/xen-dm-go/dm/blk"
+)
+
+// The PAGEREFS section: the guest pages whose last copy in the libxc stream
+// was elided (sent as XALLOC, no data), each with the 4 KiB disk block that
+// holds its contents. The destination must fill them before the guest runs.
+// The migration transport writes this section (dm/migstream AttachPageRefs,
+// the same layout); the device model writes it empty. Layout (version 1,
+// little-endian):
+//
+//	npages u64 | nextents u64 |
+//	extent[nextents] = pfn u64 | sector u64 | count u32 | disk u8 | 0[3]
+//	hash[npages] u64    XXH3-64 of each page (blk.HashPage), in extent order
+//
+// Extent k covers pfns pfn…pfn+count−1 on sectors sector, sector+8, … of
+// disk (the IDE index); extents are sorted by pfn and do not overlap;
+// sectors are 512-byte units and multiples of 8. The Gen of a blk.Entry is
+// not carried (decodes as 0).
+
+// PageRefsVersion is the PAGEREFS section version.
+const PageRefsVersion = 1
+
+// MaxPFN is the largest pfn a reference may name (libxc's 52-bit pfn field).
+const MaxPFN = uint64(1)<<52 - 1
+
+const extentSize = 24
+
+// EncodePageRefs encodes a PAGEREFS body. refs must be sorted by pfn without
+// duplicates; runs of consecutive pfns on consecutive blocks of one disk
+// become one extent.
+func EncodePageRefs(refs []blk.Entry) ([]byte, error) {
+	type extent struct {
+		pfn, sector uint64
+		count       uint32
+		disk        uint8
+	}
+	var ext []extent
+	for i, r := range refs {
+		if i > 0 && r.PFN <= refs[i-1].PFN {
+			return nil, fmt.Errorf("page references: pfn %#x after %#x (must be strictly increasing)", r.PFN, refs[i-1].PFN)
+		}
+		if r.PFN > MaxPFN || r.Sector%8 != 0 || r.Sector > math.MaxUint64-8 {
+			return nil, fmt.Errorf("page references: bad entry pfn %#x sector %d", r.PFN, r.Sector)
+		}
+		if k := len(ext) - 1; k >= 0 {
+			e := &ext[k]
+			if e.disk == r.Disk && e.pfn+uint64(e.count) == r.PFN && e.sector+8*uint64(e.count) == r.Sector && e.count < math.MaxUint32 {
+				e.count++
+				continue
+			}
+		}
+		ext = append(ext, extent{pfn: r.PFN, sector: r.Sector, count: 1, disk: r.Disk})
+	}
+	le := binary.LittleEndian
+	b := make([]byte, 0, 16+extentSize*len(ext)+8*len(refs))
+	b = le.AppendUint64(b, uint64(len(refs)))
+	b = le.AppendUint64(b, uint64(len(ext)))
+	for _, e := range ext {
+		b = le.AppendUint64(b, e.pfn)
+		b = le.AppendUint64(b, e.sector)
+		b = le.AppendUint32(b, e.count)
+		b = append(b, e.disk, 0, 0, 0)
+	}
+	for _, r := range refs {
+		b = le.AppendUint64(b, r.Hash)
+	}
+	return b, nil
+}
+
+// DecodePageRefs decodes a PAGEREFS body.
+func DecodePageRefs(body []byte) ([]blk.Entry, error) {
+	le := binary.LittleEndian
+	if len(body) < 16 {
+		return nil, errors.New("page references: truncated header")
+	}
+	npages, next := le.Uint64(body), le.Uint64(body[8:])
+	rest := uint64(len(body) - 16)
+	if next > rest/extentSize || npages > rest/8 || next*extentSize+npages*8 != rest {
+		return nil, fmt.Errorf("page references: %d pages in %d extents do not fill the %d bytes", npages, next, rest)
+	}
+	refs := make([]blk.Entry, 0, npages)
+	var end uint64 // first pfn after the previous extent
+	p := body[16:]
+	for i := uint64(0); i < next; i++ {
+		e := p[i*extentSize:]
+		pfn, sector, count, disk := le.Uint64(e), le.Uint64(e[8:]), le.Uint32(e[16:]), e[20]
+		switch {
+		case e[21] != 0 || e[22] != 0 || e[23] != 0:
+			return nil, fmt.Errorf("page references: extent %d: reserved bytes set", i)
+		case count == 0:
+			return nil, fmt.Errorf("page references: extent %d: count 0", i)
+		case i > 0 && pfn < end:
+			return nil, fmt.Errorf("page references: extent %d: pfn %#x overlaps or precedes the previous extent", i, pfn)
+		case pfn > MaxPFN || uint64(count) > MaxPFN+1-pfn:
+			return nil, fmt.Errorf("page references: extent %d: pfn %#x+%d out of range", i, pfn, count)
+		case sector%8 != 0 || sector > math.MaxUint64-8*uint64(count):
+			return nil, fmt.Errorf("page references: extent %d: bad sector %d", i, sector)
+		case uint64(len(refs))+uint64(count) > npages:
+			return nil, fmt.Errorf("page references: extents hold more than %d pages", npages)
+		}
+		for k := uint64(0); k < uint64(count); k++ {
+			refs = append(refs, blk.Entry{PFN: pfn + k, Ref: blk.Ref{Disk: disk, Sector: sector + 8*k}})
+		}
+		end = pfn + uint64(count)
+	}
+	if uint64(len(refs)) != npages {
+		return nil, fmt.Errorf("page references: extents hold %d pages, header says %d", len(refs), npages)
+	}
+	h := p[next*extentSize:]
+	for i := range refs {
+		refs[i].Hash = le.Uint64(h[8*i:])
+	}
+	return refs, nil
+}
