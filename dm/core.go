@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/xen-dm-go/xen-dm-go/dm/blk"
 	"io"
 	"log/slog"
 	"net"
@@ -46,6 +47,10 @@ type Options struct {
 	// QMPHook, if set, is called with each QMP server after the standard
 	// commands are registered, to add commands (later issues).
 	QMPHook func(chardevID string, s *qmp.Server)
+	// TrackerDir is where the page↔sector tracker is served to the
+	// migration transport (blk.TrackerSocketPath); "" serves nothing.
+	// The binary uses /var/run/xen, libxl's run directory.
+	TrackerDir string
 }
 
 // Core is one running device model.
@@ -67,6 +72,7 @@ type Core struct {
 	bufPort xen.Port // remote (guest-side) buffered port
 	io      *ioSpace
 	dirty   *dirtyLog
+	tracker *blk.Tracker // which guest pages equal which disk blocks
 	machine *Machine
 	loop    *ioreqLoop
 	emu     *emulator
@@ -250,7 +256,8 @@ func (c *Core) Start(ctx context.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		c.mem = trackedMemory{GuestMemory: m, dirty: c.dirty}
+		c.tracker = blk.NewTracker(blk.TrackerConfig{Dirty: c.dirty})
+		c.mem = trackedMemory{GuestMemory: m, dirty: c.dirty, tracker: c.tracker}
 		return func() error { c.dirty.stop(); return nil }, nil
 	}); err != nil {
 		return err
@@ -258,7 +265,7 @@ func (c *Core) Start(ctx context.Context) error {
 	c.io = newIOSpace(serverRanges{c.dm, c.ioserv}, c.log)
 	if err := s.run(ctx, "build machine", func() (func() error, error) {
 		m, err := buildMachine(machineEnv{
-			cfg: cfg, io: c.io, irq: c.dm, sd: guestShutdown{c}, mem: c.mem, dirty: c.dirty,
+			cfg: cfg, io: c.io, irq: c.dm, sd: guestShutdown{c}, mem: c.mem, dirty: c.dirty, tracker: c.tracker,
 			vcpus: c.vcpus, log: c.log, openTAP: c.opts.OpenTAP, chardevOpts: c.opts.ChardevOptions,
 		})
 		if err != nil {
@@ -268,6 +275,18 @@ func (c *Core) Start(ctx context.Context) error {
 		return m.Close, nil
 	}); err != nil {
 		return err
+	}
+	if c.opts.TrackerDir != "" {
+		if err := s.run(ctx, "serve page tracker", func() (func() error, error) {
+			srv, err := blk.ServeTracker(blk.TrackerSocketPath(c.opts.TrackerDir, cfg.DomID), c.tracker)
+			if err != nil {
+				return nil, err
+			}
+			c.log.Info("page tracker served", "socket", srv.Path())
+			return srv.Close, nil
+		}); err != nil {
+			return err
+		}
 	}
 	if err := s.run(ctx, "register PCI devices", func() (func() error, error) {
 		for _, devfn := range c.machine.Bus.DevFns() {
@@ -649,6 +668,7 @@ func (c *Core) cont(ctx context.Context) error {
 		return fmt.Errorf("enable ioreq server: %w", err)
 	}
 	c.status = qmp.StatusRunning
+	c.tracker.Thaw()
 	handedOver := c.disksHandedOver
 	c.disksHandedOver = false
 	c.mu.Unlock()
@@ -709,6 +729,9 @@ func (c *Core) SaveDevicesState(ctx context.Context, f *os.File, live bool) erro
 		return fmt.Errorf("xen-save-devices-state: draining and flushing the disks: %w", err)
 	}
 	c.dirty.flush()
+	// The guest is stopped and no transfer is in flight: the tracker's
+	// table stops changing; the transport judges the final round by it.
+	c.tracker.Freeze()
 	var buf bytes.Buffer
 	if err := c.opts.DeviceState.Save(ctx, &buf, c.machine, live); err != nil {
 		return fmt.Errorf("xen-save-devices-state: %w", err)

@@ -1,6 +1,7 @@
 package dm
 
 import (
+	"github.com/xen-dm-go/xen-dm-go/dm/blk"
 	"log/slog"
 	"sync"
 	"time"
@@ -263,15 +264,21 @@ func (r *rateLimiter) warn(log *slog.Logger, key, msg string, args ...any) {
 }
 
 // trackedMemory is the guest memory given to devices and used by pointer
-// ioreqs: every successful write is reported to the dirty log.
+// ioreqs: every successful write is reported to the dirty log, and the pages
+// it touched stop being known copies of disk blocks (a DMA read records them
+// again right after, through the IDE observer).
 type trackedMemory struct {
 	GuestMemory
-	dirty hw.DirtyReporter
+	dirty   hw.DirtyReporter
+	tracker *blk.Tracker
 }
 
 func (m trackedMemory) WriteGPA(gpa uint64, p []byte) error {
 	if err := m.GuestMemory.WriteGPA(gpa, p); err != nil {
 		return err
+	}
+	if m.tracker != nil {
+		m.tracker.DropGPA(gpa, uint64(len(p)))
 	}
 	if len(p) > 0 {
 		first := gpa >> hw.PageShift

@@ -68,6 +68,7 @@ type Machine struct {
 	CMOS     *cmos.CMOS
 	PS2      *ps2.Controller
 	IDE      *ide.Controller
+	Tracker  *blk.Tracker          // the IDE's page↔sector table (nil if untracked)
 	Platform *xenplatform.Platform // nil for pc,accel=xen
 	Serials  []SerialPort
 	Disks    []Disk
@@ -94,6 +95,7 @@ type MachineInfo struct {
 
 // machineEnv is what buildMachine wires devices to.
 type machineEnv struct {
+	tracker     *blk.Tracker // nil: transfers are not tracked
 	cfg         *config.Config
 	io          hw.IOSpace
 	irq         hw.Interrupts

@@ -48,7 +48,12 @@ func attachIDE(m *Machine, env machineEnv) (err error) {
 		}
 		env.log.Info("IDE drive", "channel", d.Index/2, "unit", d.Index%2, "media", media.String(), "image", name)
 	}
-	ctl, err := ide.New(ide.Config{IO: env.io, Mem: env.mem, IRQ: env.irq, Dirty: env.dirty, Drives: drives, Logger: env.log})
+	var obs ide.Observer
+	if env.tracker != nil {
+		obs = ide.TrackerObserver(env.tracker)
+		m.Tracker = env.tracker
+	}
+	ctl, err := ide.New(ide.Config{IO: env.io, Mem: env.mem, IRQ: env.irq, Dirty: env.dirty, Drives: drives, Observer: obs, Logger: env.log})
 	if err != nil {
 		return err
 	}

@@ -82,7 +82,7 @@ func runDeviceModel(argv []string, stdout, stderr io.Writer) int {
 	log.Info("xen-dm-go starting", "version", config.Version, "pid", os.Getpid(), "argv", strings.Join(argv, " "))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := dm.Run(ctx, cfg, dm.Options{Log: log, DeviceState: &dm.DevState{Log: log}}); err != nil {
+	if err := dm.Run(ctx, cfg, dm.Options{Log: log, DeviceState: &dm.DevState{Log: log}, TrackerDir: "/var/run/xen"}); err != nil {
 		log.Error("xen-dm-go exiting with an error", "err", err)
 		return 1
 	}
