@@ -38,10 +38,10 @@ func TestLabSelfTest(t *testing.T) {
 			sc: lab.Scenario{
 				Name:     "expect-dom0-panic",
 				Script:   "true\n",
-				Dom0Args: "init=/nonexistent",
+				Dom0Args: "root=/dev/nonexistent rootdelay=3",
 				Timeout:  5 * time.Minute,
 			},
-			want: []string{"LAB FAILED", "no scenario status came back", "requested /nonexistent"},
+			want: []string{"LAB FAILED", "no scenario status came back", "ALERT!"},
 		},
 	}
 	for _, c := range cases {

@@ -55,13 +55,14 @@ func (r *Result) Diagnose(runErr error) string {
 		fmt.Fprintf(&b, "\n=== %s\n%s\n", title, body)
 	}
 	section("Xen serial console: alarming lines (serial.log)", grepLines(r.Serial, alarming, 40))
-	serialTail := 25
-	if !hasRC {
-		serialTail = 80
+	if hasRC {
+		// The scenario's own output follows below (run.log): show Xen's and the kernels' lines here.
+		section("Xen serial console: last 25 lines from Xen and the dom0 kernel", tailLines(dropLines(r.Serial, scenarioLine), 25))
+	} else {
+		section("Xen serial console: last 80 lines", tailLines(r.Serial, 80))
 	}
-	section(fmt.Sprintf("Xen serial console: last %d lines", serialTail), tailLines(r.Serial, serialTail))
 	section("scenario log: last 60 lines (results/run.log)", tailLines(r.Log("run.log"), 60))
-	section("xl errors (results/xl/*.log)", grepFiles(r.Dir, "xl/*.log", regexp.MustCompile(`error|ERROR|[Ff]ailed|timed out`), 30))
+	section("xl errors (results/xl/*.log)", dropLines(grepFiles(r.Dir, "xl/*.log", xlError, 60), xlNoise))
 	section("hypervisor: alarming lines (results/xl-dmesg.txt)", grepLines(r.Log("xl-dmesg.txt"), alarming, 20))
 	for _, g := range globSorted(r.Dir, "guest-*.log") {
 		section("guest console: last 15 lines ("+rel(r.Dir, g)+")", tailLines(readFile(g), 15))
@@ -71,6 +72,24 @@ func (r *Result) Diagnose(runErr error) string {
 	}
 	fmt.Fprintf(&b, "\nrun directory: %s (serial.log, results/, lab-run.log)\n", r.RunDir)
 	return b.String()
+}
+
+var (
+	// scenarioLine: lines of the scenario's output mirrored onto the console (shown from run.log).
+	scenarioLine = regexp.MustCompile(`^\[xenlab |^\[guest |^    [|-] |^[0-9]+\.[0-9]+ |^== `)
+	xlError      = regexp.MustCompile(`error|ERROR|[Ff]ail|timed out|[Tt]imeout`)
+	xlNoise      = regexp.MustCompile(`: (debug|detail|verbose|info): |loader probe failed`)
+)
+
+// dropLines removes the lines matching re.
+func dropLines(text string, re *regexp.Regexp) string {
+	var out []string
+	for _, ln := range strings.Split(text, "\n") {
+		if !re.MatchString(ln) {
+			out = append(out, ln)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func grepLines(text string, re *regexp.Regexp, max int) string {
