@@ -185,7 +185,12 @@ cmd_run() {
 	esac
 	local a
 	for a in "$DIR_ROOTFS" "$DIR_GUEST" "$XEN_DIR"; do
-		[ -f "$a/artifact.env" ] || lab_die "artifact $a is not built (run: scripts/lab.sh build)"
+		if [ ! -f "$a/artifact.env" ]; then
+			# E.g. scripts/lab changed since the caller's build: build what is missing now.
+			lab_log "artifact $a is not built yet; building"
+			cmd_build || lab_die "building the artifacts failed"
+			break
+		fi
 	done
 	[ "$INTERACTIVE" = 1 ] || [ -f "$dir/xfer/run.sh" ] || [ -f "$dir/xfer/scenario.sh" ] ||
 		lab_die "$dir/xfer has neither run.sh nor scenario.sh"

@@ -171,7 +171,8 @@ func sanitize(s string) string {
 	return b.String()
 }
 
-// pruneRuns keeps the newest keep run directories.
+// pruneRuns keeps the newest keep run directories, and any run touched in the last 3 hours
+// (it may be waiting for the lab lock or running).
 func pruneRuns(dir string, keep int) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -192,7 +193,13 @@ func pruneRuns(dir string, keep int) {
 	}
 	sort.Slice(runs, func(i, j int) bool { return runs[i].mod.After(runs[j].mod) })
 	for i := keep; i < len(runs); i++ {
-		os.RemoveAll(runs[i].path)
+		recent := time.Since(runs[i].mod) < 3*time.Hour
+		if fi, err := os.Stat(filepath.Join(runs[i].path, "serial.log")); err == nil && time.Since(fi.ModTime()) < 3*time.Hour {
+			recent = true
+		}
+		if !recent {
+			os.RemoveAll(runs[i].path)
+		}
 	}
 }
 
