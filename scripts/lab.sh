@@ -172,8 +172,8 @@ cmd_run() {
 	dir=$(cd "$dir" && pwd)
 	[ -d "$dir/xfer" ] || lab_die "$dir/xfer missing"
 	HYPERVISOR=stock TIMEOUT=1800 XEN_ARGS_EXTRA="" DOM0_ARGS_EXTRA="" QEMU_MEM_MB=6144 INTERACTIVE=0
-	# One emulated CPU by default: with -smp 2 (MTTCG) HVM guests triple-faulted after localhost
-	# migration in 4 of 6 runs (guest state replaced by Xen's, see docs/lab.md); with -smp 1 never.
+	# One emulated CPU by default: with -smp 2 (MTTCG) HVM guests triple-faulted after 3 of 7
+	# localhost migrations (guest state replaced by Xen's, see docs/lab.md); with -smp 1, 0 of 12.
 	TCG_THREAD=${XENLAB_TCG_THREAD:-multi} SMP=${XENLAB_SMP:-1}
 	# shellcheck disable=SC1091
 	[ -f "$dir/run.env" ] && . "$dir/run.env"

@@ -302,8 +302,9 @@ guest_stop() {
 			error "timeout: $dom did not finish its final verification within ${to}s"
 			return 1
 		fi
-		# Repeat the request now and then in case it got lost.
-		if [ $(($(date +%s) - last_send)) -ge 20 ]; then
+		# Repeat the request now and then in case it got lost (the final verification itself
+		# takes ~30 s: 80 MiB read and hashed).
+		if [ $(($(date +%s) - last_send)) -ge 60 ]; then
 			log "repeating the stop request to $dom"
 			guest_send "$dom" "stop stop stop" || true
 			last_send=$(date +%s)

@@ -10,6 +10,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/li
 XFER=/xfer
 R=$XFER/results
 mkdir -p "$R" /run/xenlab
+hostname xenlab-dom0 2>/dev/null
 T=$(cat $XFER/timeout 2>/dev/null || echo 1800)
 case $T in '' | *[!0-9]*) T=1800 ;; esac
 
@@ -27,6 +28,7 @@ if [ -f $XFER/interactive ]; then
 	log "interactive shell on hvc0 (exit or poweroff to stop the lab; results in /xfer/results)"
 	cd /root 2>/dev/null || cd /
 	setsid -c bash -i </dev/hvc0 >/dev/hvc0 2>&1
+	printf 'rc=0\ntimed_out=0\ninteractive=1\n' >>"$R/status.env"
 	collect_logs
 	sync
 	exit 0
