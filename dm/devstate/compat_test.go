@@ -99,7 +99,7 @@ func TestTransportAttachesPageRefs(t *testing.T) {
 }
 
 func TestPageRefsEncodingsAgree(t *testing.T) {
-	ours, err := devstate.EncodePageRefs(refs)
+	ours, err := blk.EncodePageRefs(refs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestPageRefsEncodingsAgree(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(back, refs) {
 		t.Fatalf("transport decode: %v", err)
 	}
-	if devstate.PageRefsVersion != migstream.PageRefsVersion || devstate.IDPageRefs != migstream.SectionPageRefs ||
+	if blk.PageRefsVersion != migstream.PageRefsVersion || devstate.IDPageRefs != migstream.SectionPageRefs ||
 		devstate.Magic != migstream.ContainerMagic || devstate.ContainerVersion != migstream.ContainerVersion ||
 		devstate.IDDMBlob != migstream.SectionDMBlob || devstate.IDEnd != migstream.SectionEnd {
 		t.Fatal("container constants differ between devstate and migstream")

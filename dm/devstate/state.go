@@ -50,7 +50,7 @@ const (
 // and reads.
 var sectionVersion = map[string]uint32{
 	IDHeader: 1, IDHost: 1, IDPIIX3: 1, IDPM: 1, IDPlatform: 1, IDIDE: 1, IDCMOS: 1, IDPS2: 1,
-	IDSerial: 1, IDPageRefs: PageRefsVersion,
+	IDSerial: 1, IDPageRefs: blk.PageRefsVersion,
 }
 
 // MaxSize bounds a device state (the page references are 8 bytes a page
@@ -168,13 +168,13 @@ func Encode(st *State) ([]byte, error) {
 			return nil, err
 		}
 	}
-	refs, err := EncodePageRefs(st.PageRefs)
+	refs, err := blk.EncodePageRefs(st.PageRefs)
 	if err != nil {
 		return nil, fmt.Errorf("device state: %w", err)
 	}
 	// PAGEREFS without a CRC: the migration transport reads and replaces
 	// this section and (today) neither writes nor strips a CRC trailer.
-	secs = append(secs, Section{ID: IDPageRefs, Version: PageRefsVersion, Payload: refs})
+	secs = append(secs, Section{ID: IDPageRefs, Version: blk.PageRefsVersion, Payload: refs})
 	b, err := Marshal(secs)
 	if err != nil {
 		return nil, err
@@ -266,7 +266,7 @@ func Decode(b []byte) (*State, error) {
 			st.Serials[idx] = new(uart.State)
 			err = decodeJSON(s, st.Serials[idx])
 		case IDPageRefs:
-			st.PageRefs, err = DecodePageRefs(s.Payload)
+			st.PageRefs, err = blk.DecodePageRefs(s.Payload)
 			if err != nil {
 				err = errf(ErrCorrupt, "device state: section %s at offset %d: %v", s.ID, s.Offset, err)
 			}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/u-root/uio/uio"
 
@@ -22,7 +21,7 @@ const (
 	// SectionPageRefs is written by the transport only: the pages whose last
 	// entry in the libxc stream was elided, with their disk blocks.
 	SectionPageRefs = "PAGEREFS"
-	PageRefsVersion = 1
+	PageRefsVersion = blk.PageRefsVersion
 	// SectionDMBlob wraps a device-model blob that was not a container.
 	SectionDMBlob = "DMBLOB"
 	// SectionEnd ends the container.
@@ -30,7 +29,6 @@ const (
 
 	containerHdrSize = 16
 	sectionHdrSize   = 24
-	extentSize       = 24
 )
 
 // Elided is a page whose last entry in the stream was elided, with the disk
@@ -131,95 +129,13 @@ func (c *Container) Section(id string) *Section {
 	return nil
 }
 
-// EncodePageRefs encodes a PAGEREFS v1 body. refs must be sorted by pfn
-// without duplicates; runs of consecutive pfns on consecutive blocks of one
-// disk become one extent.
-func EncodePageRefs(refs []Elided) ([]byte, error) {
-	type extent struct {
-		pfn, sector uint64
-		count       uint32
-		disk        uint8
-	}
-	var ext []extent
-	for i, r := range refs {
-		if i > 0 && r.PFN <= refs[i-1].PFN {
-			return nil, fmt.Errorf("page references: pfn %#x after %#x (must be strictly increasing)", r.PFN, refs[i-1].PFN)
-		}
-		if r.PFN > PFNMask || r.Sector%8 != 0 {
-			return nil, fmt.Errorf("page references: bad entry pfn %#x sector %d", r.PFN, r.Sector)
-		}
-		if k := len(ext) - 1; k >= 0 {
-			e := &ext[k]
-			if e.disk == r.Disk && e.pfn+uint64(e.count) == r.PFN && e.sector+8*uint64(e.count) == r.Sector && e.count < math.MaxUint32 {
-				e.count++
-				continue
-			}
-		}
-		ext = append(ext, extent{pfn: r.PFN, sector: r.Sector, count: 1, disk: r.Disk})
-	}
-	l := uio.NewLittleEndianBuffer(make([]byte, 0, 16+extentSize*len(ext)+8*len(refs)))
-	l.Write64(uint64(len(refs)))
-	l.Write64(uint64(len(ext)))
-	for _, e := range ext {
-		l.Write64(e.pfn)
-		l.Write64(e.sector)
-		l.Write32(e.count)
-		l.Write8(e.disk)
-		l.Append(3)
-	}
-	for _, r := range refs {
-		l.Write64(r.Hash)
-	}
-	return l.Data(), nil
-}
+// EncodePageRefs encodes a PAGEREFS v1 body with the codec the device state
+// shares (blk.EncodePageRefs): refs sorted by pfn, no duplicates.
+func EncodePageRefs(refs []Elided) ([]byte, error) { return blk.EncodePageRefs(refs) }
 
-// DecodePageRefs decodes a PAGEREFS v1 body (Gen is not carried: zero).
-func DecodePageRefs(body []byte) ([]Elided, error) {
-	l := uio.NewLittleEndianBuffer(body)
-	npages, next := l.Read64(), l.Read64()
-	if l.Error() != nil {
-		return nil, errors.New("page references: truncated header")
-	}
-	if next > uint64(l.Len())/extentSize || npages > uint64(l.Len())/8 ||
-		next*extentSize+npages*8 != uint64(l.Len()) {
-		return nil, fmt.Errorf("page references: %d pages in %d extents need %d bytes, have %d",
-			npages, next, next*extentSize+npages*8, l.Len())
-	}
-	refs := make([]Elided, 0, npages)
-	var end uint64 // first pfn after the previous extent
-	for i := uint64(0); i < next; i++ {
-		pfn, sector, count, disk := l.Read64(), l.Read64(), l.Read32(), l.Read8()
-		res := l.Consume(3)
-		switch {
-		case !allZero(res):
-			return nil, fmt.Errorf("page references: extent %d: reserved bytes set", i)
-		case count == 0:
-			return nil, fmt.Errorf("page references: extent %d: count 0", i)
-		case i > 0 && pfn < end:
-			return nil, fmt.Errorf("page references: extent %d: pfn %#x overlaps or precedes the previous extent", i, pfn)
-		case pfn > PFNMask || uint64(count) > PFNMask+1-pfn:
-			return nil, fmt.Errorf("page references: extent %d: pfn %#x+%d out of range", i, pfn, count)
-		case sector%8 != 0 || sector > math.MaxUint64-8*uint64(count):
-			return nil, fmt.Errorf("page references: extent %d: bad sector %d", i, sector)
-		case uint64(len(refs))+uint64(count) > npages:
-			return nil, fmt.Errorf("page references: extents hold more than %d pages", npages)
-		}
-		for k := uint64(0); k < uint64(count); k++ {
-			refs = append(refs, Elided{PFN: pfn + k, Ref: blk.Ref{Disk: disk, Sector: sector + 8*k}})
-		}
-		end = pfn + uint64(count)
-	}
-	if uint64(len(refs)) != npages {
-		return nil, fmt.Errorf("page references: extents hold %d pages, header says %d", len(refs), npages)
-	}
-	for i := range refs {
-		refs[i].Hash = l.Read64()
-	}
-	if err := l.FinError(); err != nil {
-		return nil, fmt.Errorf("page references: %v", err)
-	}
-	return refs, nil
-}
+// DecodePageRefs decodes a PAGEREFS v1 body (blk.DecodePageRefs; Gen is not
+// carried: zero).
+func DecodePageRefs(body []byte) ([]Elided, error) { return blk.DecodePageRefs(body) }
 
 // AttachPageRefs is the default RewriteEmulatorContext. If blob is a
 // container, its PAGEREFS section is replaced (or added before END), every

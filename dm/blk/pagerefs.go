@@ -1,28 +1,26 @@
-package devstate
+package blk
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
-
-	"github.com/xen-dm-go/xen-dm-go/dm/blk"
 )
 
 // The PAGEREFS section: the guest pages whose last copy in the libxc stream
 // was elided (sent as XALLOC, no data), each with the 4 KiB disk block that
 // holds its contents. The destination must fill them before the guest runs.
-// The migration transport writes this section (dm/migstream AttachPageRefs,
-// the same layout); the device model writes it empty. Layout (version 1,
-// little-endian):
+// The migration transport writes this section (dm/migstream AttachPageRefs)
+// and the device state (dm/devstate) carries it; the device model writes it
+// empty. Both use this one codec. Layout (version 1, little-endian):
 //
 //	npages u64 | nextents u64 |
 //	extent[nextents] = pfn u64 | sector u64 | count u32 | disk u8 | 0[3]
-//	hash[npages] u64    XXH3-64 of each page (blk.HashPage), in extent order
+//	hash[npages] u64    XXH3-64 of each page (HashPage), in extent order
 //
 // Extent k covers pfns pfn…pfn+count−1 on sectors sector, sector+8, … of
 // disk (the IDE index); extents are sorted by pfn and do not overlap;
-// sectors are 512-byte units and multiples of 8. The Gen of a blk.Entry is
+// sectors are 512-byte units and multiples of 8. The Gen of an Entry is
 // not carried (decodes as 0).
 
 // PageRefsVersion is the PAGEREFS section version.
@@ -36,7 +34,7 @@ const extentSize = 24
 // EncodePageRefs encodes a PAGEREFS body. refs must be sorted by pfn without
 // duplicates; runs of consecutive pfns on consecutive blocks of one disk
 // become one extent.
-func EncodePageRefs(refs []blk.Entry) ([]byte, error) {
+func EncodePageRefs(refs []Entry) ([]byte, error) {
 	type extent struct {
 		pfn, sector uint64
 		count       uint32
@@ -76,7 +74,7 @@ func EncodePageRefs(refs []blk.Entry) ([]byte, error) {
 }
 
 // DecodePageRefs decodes a PAGEREFS body.
-func DecodePageRefs(body []byte) ([]blk.Entry, error) {
+func DecodePageRefs(body []byte) ([]Entry, error) {
 	le := binary.LittleEndian
 	if len(body) < 16 {
 		return nil, errors.New("page references: truncated header")
@@ -84,9 +82,10 @@ func DecodePageRefs(body []byte) ([]blk.Entry, error) {
 	npages, next := le.Uint64(body), le.Uint64(body[8:])
 	rest := uint64(len(body) - 16)
 	if next > rest/extentSize || npages > rest/8 || next*extentSize+npages*8 != rest {
-		return nil, fmt.Errorf("page references: %d pages in %d extents do not fill the %d bytes", npages, next, rest)
+		return nil, fmt.Errorf("page references: %d pages in %d extents do not fill the %d bytes of the body (need %d×%d + %d×8 bytes)",
+			npages, next, rest, next, extentSize, npages)
 	}
-	refs := make([]blk.Entry, 0, npages)
+	refs := make([]Entry, 0, npages)
 	var end uint64 // first pfn after the previous extent
 	p := body[16:]
 	for i := uint64(0); i < next; i++ {
@@ -107,7 +106,7 @@ func DecodePageRefs(body []byte) ([]blk.Entry, error) {
 			return nil, fmt.Errorf("page references: extents hold more than %d pages", npages)
 		}
 		for k := uint64(0); k < uint64(count); k++ {
-			refs = append(refs, blk.Entry{PFN: pfn + k, Ref: blk.Ref{Disk: disk, Sector: sector + 8*k}})
+			refs = append(refs, Entry{PFN: pfn + k, Ref: Ref{Disk: disk, Sector: sector + 8*k}})
 		}
 		end = pfn + uint64(count)
 	}

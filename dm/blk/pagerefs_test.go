@@ -1,26 +1,24 @@
-package devstate
+package blk
 
 import (
 	"encoding/binary"
 	"reflect"
 	"strings"
 	"testing"
-
-	"github.com/xen-dm-go/xen-dm-go/dm/blk"
 )
 
 func TestPageRefsRoundTripAndExtents(t *testing.T) {
-	var refs []blk.Entry
+	var refs []Entry
 	// A run of 100 consecutive pfns on consecutive blocks of disk 0 (one
 	// extent), a gap, a pfn on disk 1, then a run broken by a non-adjacent
 	// sector.
 	for i := uint64(0); i < 100; i++ {
-		refs = append(refs, blk.Entry{PFN: 0x1000 + i, Ref: blk.Ref{Disk: 0, Sector: 800 + 8*i, Hash: i * 7}})
+		refs = append(refs, Entry{PFN: 0x1000 + i, Ref: Ref{Disk: 0, Sector: 800 + 8*i, Hash: i * 7}})
 	}
 	refs = append(refs,
-		blk.Entry{PFN: 0x2000, Ref: blk.Ref{Disk: 1, Sector: 0, Hash: 1}},
-		blk.Entry{PFN: 0x2001, Ref: blk.Ref{Disk: 1, Sector: 64, Hash: 2}},
-		blk.Entry{PFN: MaxPFN, Ref: blk.Ref{Disk: 3, Sector: 8, Hash: 3}},
+		Entry{PFN: 0x2000, Ref: Ref{Disk: 1, Sector: 0, Hash: 1}},
+		Entry{PFN: 0x2001, Ref: Ref{Disk: 1, Sector: 64, Hash: 2}},
+		Entry{PFN: MaxPFN, Ref: Ref{Disk: 3, Sector: 8, Hash: 3}},
 	)
 	b, err := EncodePageRefs(refs)
 	if err != nil {
@@ -46,11 +44,11 @@ func TestPageRefsRoundTripAndExtents(t *testing.T) {
 }
 
 func TestPageRefsRefused(t *testing.T) {
-	for name, refs := range map[string][]blk.Entry{
+	for name, refs := range map[string][]Entry{
 		"unsorted":   {{PFN: 2}, {PFN: 1}},
 		"duplicate":  {{PFN: 2}, {PFN: 2}},
 		"pfn range":  {{PFN: MaxPFN + 1}},
-		"odd sector": {{PFN: 1, Ref: blk.Ref{Sector: 3}}},
+		"odd sector": {{PFN: 1, Ref: Ref{Sector: 3}}},
 	} {
 		if _, err := EncodePageRefs(refs); err == nil {
 			t.Errorf("encode %s accepted", name)
