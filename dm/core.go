@@ -300,7 +300,7 @@ func (c *Core) Start(ctx context.Context) error {
 		return err
 	}
 	if cfg.Incoming != nil {
-		if err := s.run(ctx, "load incoming device state", c.loadIncoming); err != nil {
+		if err := s.run(ctx, "load incoming device state", func() (func() error, error) { return c.loadIncoming(ctx) }); err != nil {
 			return err
 		}
 	}
@@ -385,10 +385,11 @@ func (c *Core) Start(ctx context.Context) error {
 
 // loadIncoming loads -incoming fd:N before the guest can run (the ioreq
 // server is not enabled yet, and guest RAM came with the libxc stream: it is
-// not populated again). A state that cannot be loaded fails start-up, so
-// the device model exits before it signals readiness and libxl fails the
-// restore.
-func (c *Core) loadIncoming() (func() error, error) {
+// not populated again; the pages the transport elided are filled by
+// DevState.PageRefs). A state that cannot be loaded fails start-up, so the
+// device model exits before it signals readiness and libxl fails the
+// restore. ctx (the signals) interrupts a long fill.
+func (c *Core) loadIncoming(ctx context.Context) (func() error, error) {
 	f := c.opts.IncomingFile(c.cfg.Incoming.FD)
 	if f == nil {
 		return nil, fmt.Errorf("-incoming fd:%d is not an open file descriptor", c.cfg.Incoming.FD)
@@ -397,7 +398,7 @@ func (c *Core) loadIncoming() (func() error, error) {
 	if c.opts.DeviceState == nil {
 		return nil, fmt.Errorf("restoring device state (-incoming fd:%d) is not supported yet by this build of xen-dm-go", c.cfg.Incoming.FD)
 	}
-	if err := c.opts.DeviceState.Load(context.Background(), f, c.machine); err != nil {
+	if err := c.opts.DeviceState.Load(ctx, f, c.machine); err != nil {
 		return nil, fmt.Errorf("-incoming fd:%d: %w", c.cfg.Incoming.FD, err)
 	}
 	c.mu.Lock()

@@ -22,9 +22,9 @@ type DevState struct {
 	// PageRefs receives the page references of an incoming state (pages
 	// the migration transport elided, to be filled from the disks) before
 	// any device state is applied, so no device writes guest memory first.
-	// It must make sure they are filled before the guest runs. nil: a
-	// state that carries page references is refused, because those pages
-	// hold no data on this side.
+	// It must make sure they are filled before the guest runs (the
+	// binary's is EagerPageRefs). nil: a state that carries page references
+	// is refused, because those pages hold no data on this side.
 	PageRefs func(ctx context.Context, m *Machine, refs []blk.Entry) error
 	// Now is the clock of the saved-at time (nil: time.Now).
 	Now func() time.Time

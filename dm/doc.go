@@ -19,7 +19,8 @@
 //	open guest memory      1 MiB-bucket map cache; its writes feed the dirty log [undo: flush log]
 //	build machine          devices, PCI bus 0, fixed ports (→ map_io_range)  [undo: close backends]
 //	register PCI devices   one XEN_DMOP_PCI_SBDF range per function on the bus
-//	load incoming device state   -incoming fd:N only; needs Options.DeviceState
+//	load incoming device state   -incoming fd:N only; needs Options.DeviceState; fills the
+//	                       pages the transport elided (DevState.PageRefs: EagerPageRefs)
 //	enable ioreq server    set_ioreq_server_state(1): Xen writes vp_eport    [undo: disable]
 //	bind event channels    each vCPU's vp_eport, then the buffered port      [undo: unbind]
 //	start ioreq loop                                                          [undo: stop]

@@ -61,14 +61,17 @@ type Disk struct {
 // machine that a Xen HVM guest needs from its device model. Xen emulates
 // the rest (LAPIC, IOAPIC, PIC, PIT, RTC below index 0x0e, HPET, PM timer).
 type Machine struct {
-	Bus      *pci.Bus
-	Host     *piix.Host
-	PIIX3    *piix.PIIX3
-	PM       *piix.PM // nil with -no-acpi
-	CMOS     *cmos.CMOS
-	PS2      *ps2.Controller
-	IDE      *ide.Controller
-	Tracker  *blk.Tracker          // the IDE's page↔sector table (nil if untracked)
+	Bus     *pci.Bus
+	Host    *piix.Host
+	PIIX3   *piix.PIIX3
+	PM      *piix.PM // nil with -no-acpi
+	CMOS    *cmos.CMOS
+	PS2     *ps2.Controller
+	IDE     *ide.Controller
+	Tracker *blk.Tracker // the IDE's page↔sector table (nil if untracked)
+	// Mem is guest RAM as the devices see it: the map cache, whose writes
+	// are reported to the dirty log and drop the pages from Tracker.
+	Mem      hw.GuestMemory
 	Platform *xenplatform.Platform // nil for pc,accel=xen
 	Serials  []SerialPort
 	Disks    []Disk
@@ -159,7 +162,7 @@ func (m *Machine) drainQuick() {
 // their fixed ports. On error everything created so far is closed.
 func buildMachine(env machineEnv) (m *Machine, err error) {
 	cfg := env.cfg
-	m = &Machine{Bus: pci.NewBus(), log: env.log, Info: MachineInfo{
+	m = &Machine{Bus: pci.NewBus(), Mem: env.mem, log: env.log, Info: MachineInfo{
 		DomID: cfg.DomID, Type: cfg.Machine.Type, XenPlatform: cfg.Machine.XenPlatform, ACPI: !cfg.NoACPI,
 		VCPUs: env.vcpus, RAMBytes: cfg.RAMSize, MaxRAMBelow4G: cfg.Machine.MaxRAMBelow4G,
 	}}

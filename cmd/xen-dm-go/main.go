@@ -82,10 +82,21 @@ func runDeviceModel(argv []string, stdout, stderr io.Writer) int {
 	log.Info("xen-dm-go starting", "version", config.Version, "pid", os.Getpid(), "argv", strings.Join(argv, " "))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := dm.Run(ctx, cfg, dm.Options{Log: log, DeviceState: &dm.DevState{Log: log}, TrackerDir: "/var/run/xen"}); err != nil {
+	if err := dm.Run(ctx, cfg, deviceModelOptions(log)); err != nil {
 		log.Error("xen-dm-go exiting with an error", "err", err)
 		return 1
 	}
 	log.Info("xen-dm-go exited")
 	return 0
+}
+
+// deviceModelOptions are the device model's options: device state with the
+// eager filler for elided pages (dm.EagerPageRefs: Debian's Xen has no
+// mem_paging), and the tracker served in libxl's run directory.
+func deviceModelOptions(log *slog.Logger) dm.Options {
+	return dm.Options{
+		Log:         log,
+		DeviceState: &dm.DevState{Log: log, PageRefs: dm.EagerPageRefs(log)},
+		TrackerDir:  "/var/run/xen",
+	}
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"log/slog"
 	"strings"
 	"testing"
+
+	"github.com/xen-dm-go/xen-dm-go/dm"
 )
 
 func TestDispatch(t *testing.T) {
@@ -29,4 +32,14 @@ func TestDispatch(t *testing.T) {
 
 func runT(argv []string, stdout, stderr *bytes.Buffer) int {
 	return run(argv, strings.NewReader(""), stdout, stderr)
+}
+
+// The device model loads incoming states with the eager filler for elided
+// pages: a state carrying page references is filled, not refused.
+func TestDeviceModelOptions(t *testing.T) {
+	o := deviceModelOptions(slog.New(slog.DiscardHandler))
+	ds, ok := o.DeviceState.(*dm.DevState)
+	if !ok || ds.PageRefs == nil || o.TrackerDir != "/var/run/xen" {
+		t.Fatalf("options %+v", o)
+	}
 }

@@ -213,6 +213,43 @@ func (t *Tracker) DiskToGuest(tok Token, disk uint8, off int64, segs []Segment, 
 	t.report(drops)
 }
 
+// Seed records entries whose pages are known to equal their blocks without a
+// transfer the tracker saw: the destination of a migration filled them from
+// the disks and checked each page against its hash (dm/paging), so a later
+// migration may elide them again. Each entry is recorded as a transfer would
+// record it (a new Gen; the given Gen is ignored; a different entry for the
+// pfn is replaced and reported dirty). Entries the tracker cannot hold (sector
+// not a multiple of 8, disk or pfn out of range), entries whose block a guest
+// write in flight overlaps (the race rule), and entries past MaxEntries are
+// skipped; nothing is recorded while frozen. It returns how many of the
+// entries the table holds afterwards.
+func (t *Tracker) Seed(entries []Entry) int {
+	t.mu.Lock()
+	n := 0
+	now := Token{t.seq} // only writes still in flight count as races
+	for _, e := range entries {
+		if t.frozen {
+			break
+		}
+		if e.Sector%(BlockSize/SectorSize) != 0 || e.Disk > diskMask {
+			continue
+		}
+		block := e.Sector / (BlockSize / SectorSize)
+		if block > blockMask || e.PFN > maxTrackedPFN || t.raced(now, e.Disk, block, block+1, -1) {
+			continue
+		}
+		t.insertLocked(e.PFN, e.Disk, block, e.Hash)
+		if s := t.slotLocked(e.PFN, false); s != nil && s.key&keyValid != 0 && s.key&blockMask == block &&
+			uint8(s.key>>diskShift&diskMask) == e.Disk && s.hash == e.Hash {
+			n++
+		}
+	}
+	drops := t.takeDrops()
+	t.mu.Unlock()
+	t.report(drops)
+	return n
+}
+
 // DropPages forgets pfn … pfn+n-1: something other than a tracked transfer
 // wrote them (PIO string input, a partial DMA, a failed transfer).
 func (t *Tracker) DropPages(pfn, n uint64) {

@@ -322,3 +322,65 @@ func TestTrackerDropDisk(t *testing.T) {
 		t.Fatalf("DropDisk(1): found %v, dirty %v", ok, d)
 	}
 }
+
+// Seed records what it is given like a transfer would (fresh Gen, the reverse
+// index kept, a replaced entry reported dirty) and skips what the table
+// cannot hold, blocks a write in flight overlaps, and everything while frozen.
+func TestTrackerSeed(t *testing.T) {
+	d := dirtySet{}
+	tr := NewTracker(TrackerConfig{Dirty: d})
+	page := make([]byte, 4096)
+	page[0] = 1
+	tr.DiskToGuest(tr.Begin(), 0, 0, []Segment{{GPA: 0x5000, Len: 4096}}, page) // pfn 5 → disk 0 block 0
+	entries := []Entry{
+		{PFN: 5, Ref: Ref{Disk: 0, Sector: 16, Hash: 0x55, Gen: 999}}, // replaces pfn 5's entry
+		{PFN: 6, Ref: Ref{Disk: 1, Sector: 8, Hash: 0x66}},
+		{PFN: 7, Ref: Ref{Disk: 1, Sector: 8, Hash: 0x66}}, // two pages, one block
+		{PFN: 8, Ref: Ref{Disk: 0, Sector: 3, Hash: 1}},    // not block-aligned
+		{PFN: 9, Ref: Ref{Disk: 200, Sector: 0, Hash: 1}},  // disk out of range
+		{PFN: 1 << 40, Ref: Ref{Disk: 0, Sector: 0, Hash: 1}},
+	}
+	if n := tr.Seed(entries); n != 3 {
+		t.Fatalf("Seed recorded %d, want 3", n)
+	}
+	pfns := []uint64{5, 6, 7, 8, 9}
+	out, ok := make([]Ref, len(pfns)), make([]bool, len(pfns))
+	tr.Lookup(pfns, out, ok)
+	if !ok[0] || !ok[1] || !ok[2] || ok[3] || ok[4] {
+		t.Fatalf("found %v", ok)
+	}
+	if out[0].Sector != 16 || out[0].Hash != 0x55 || out[0].Gen == 999 || out[1].Disk != 1 || out[1].Sector != 8 || out[2].Hash != 0x66 {
+		t.Fatalf("entries %+v", out)
+	}
+	if !d[5] || d[6] || d[7] {
+		t.Fatalf("dirty %v: only the replaced pfn 5", d)
+	}
+	// The reverse index knows the seeded blocks: a guest write drops both
+	// pages of disk 1 block 1.
+	tr.EndWrite(tr.BeginWrite(1, 4096, 4096), nil, nil)
+	tr.Lookup(pfns, out, ok)
+	if ok[1] || ok[2] || !ok[0] {
+		t.Fatalf("after the write of disk 1 block 1: %v", ok)
+	}
+	// Seeding again the same content changes nothing.
+	if n := tr.Seed(entries[:1]); n != 1 || tr.Stats().Tracked != 1 {
+		t.Fatalf("reseed: %d, tracked %d", n, tr.Stats().Tracked)
+	}
+	// A write in flight over the block: skipped.
+	w := tr.BeginWrite(2, 0, 4096)
+	if n := tr.Seed([]Entry{{PFN: 20, Ref: Ref{Disk: 2, Sector: 0, Hash: 2}}, {PFN: 21, Ref: Ref{Disk: 2, Sector: 8, Hash: 2}}}); n != 1 {
+		t.Fatalf("seeded %d beside a write in flight, want 1", n)
+	}
+	tr.EndWrite(w, nil, nil)
+	// Frozen: nothing.
+	tr.Freeze()
+	if n := tr.Seed([]Entry{{PFN: 30, Ref: Ref{Sector: 0, Hash: 3}}}); n != 0 {
+		t.Fatalf("frozen tracker seeded %d", n)
+	}
+	tr.Thaw()
+	// MaxEntries.
+	capped := NewTracker(TrackerConfig{MaxEntries: 1})
+	if n := capped.Seed(entries[1:3]); n != 1 || capped.Stats().Tracked != 1 {
+		t.Fatalf("capped: %d", n)
+	}
+}

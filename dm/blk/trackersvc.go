@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/u-root/uio/uio"
 )
@@ -188,6 +189,27 @@ type TrackerClient struct {
 	r    *bufio.Reader
 	path string
 	buf  []byte
+	// Timeout bounds each call (request and whole reply): a device model
+	// that stops answering fails the caller's call instead of hanging it.
+	// DialTracker sets DefaultTrackerTimeout; zero means no deadline.
+	Timeout time.Duration
+}
+
+// DefaultTrackerTimeout is a TrackerClient's per-call deadline. A lookup of
+// MaxLookup pfns takes well under a millisecond; the margin is for a device
+// model busy under a software-emulated CPU.
+const DefaultTrackerTimeout = 30 * time.Second
+
+// arm sets the connection's deadline for one call.
+func (tc *TrackerClient) arm() error {
+	var d time.Time
+	if tc.Timeout > 0 {
+		d = time.Now().Add(tc.Timeout)
+	}
+	if err := tc.c.SetDeadline(d); err != nil {
+		return fmt.Errorf("tracker client %s: %w", tc.path, err)
+	}
+	return nil
 }
 
 // DialTracker connects to the tracker service at path.
@@ -196,7 +218,7 @@ func DialTracker(path string) (*TrackerClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracker client: %w", err)
 	}
-	return &TrackerClient{c: c, r: bufio.NewReaderSize(c, 64<<10), path: path}, nil
+	return &TrackerClient{c: c, r: bufio.NewReaderSize(c, 64<<10), path: path, Timeout: DefaultTrackerTimeout}, nil
 }
 
 // Close closes the connection.
@@ -213,6 +235,9 @@ func (tc *TrackerClient) Lookup(pfns []uint64, out []Ref, ok []bool) (int, error
 	need := 8 + 8*len(pfns)
 	if cap(tc.buf) < need {
 		tc.buf = make([]byte, need)
+	}
+	if err := tc.arm(); err != nil {
+		return 0, err
 	}
 	req := tc.buf[:need]
 	binary.LittleEndian.PutUint32(req[0:], opLookup)
@@ -259,6 +284,9 @@ func (tc *TrackerClient) Lookup(pfns []uint64, out []Ref, ok []bool) (int, error
 // Stats asks for the tracker's counters.
 func (tc *TrackerClient) Stats() (TrackerStats, error) {
 	var st TrackerStats
+	if err := tc.arm(); err != nil {
+		return st, err
+	}
 	var req [8]byte
 	binary.LittleEndian.PutUint32(req[0:], opStats)
 	if _, err := tc.c.Write(req[:]); err != nil {

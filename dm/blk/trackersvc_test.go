@@ -2,10 +2,14 @@ package blk
 
 import (
 	"encoding/binary"
+	"errors"
+	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestTrackerServiceLookup(t *testing.T) {
@@ -113,5 +117,37 @@ func TestTrackerServiceBadRequests(t *testing.T) {
 	}
 	if _, err := tc.Lookup(make([]uint64, MaxLookup+1), nil, nil); err == nil {
 		t.Fatal("client accepted an oversized lookup")
+	}
+}
+
+// A device model that accepts but never answers fails the call after the
+// client's Timeout instead of hanging the migration transport.
+func TestTrackerClientTimeout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "silent.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c) // reads requests, answers nothing
+	}()
+	tc, err := DialTracker(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.Timeout = 50 * time.Millisecond
+	_, err = tc.Lookup([]uint64{1, 2, 3}, make([]Ref, 3), make([]bool, 3))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Lookup on a silent service: err = %v, want a deadline error", err)
+	}
+	if _, err := tc.Stats(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Stats on a silent service: err = %v, want a deadline error", err)
 	}
 }

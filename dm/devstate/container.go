@@ -7,10 +7,11 @@ import (
 	"hash/crc32"
 )
 
-// The container: the framing every device-state blob uses. It is the one
-// dm/migstream's transport parses and rewrites (its PAGEREFS section), so it
-// must stay byte-compatible with migstream.ParseContainer/Marshal; see
-// compat_test.go.
+// The container: the framing every device-state blob uses. dm/migstream's
+// transport uses this same code (Parse, Marshal) to replace the PAGEREFS
+// section of the blob in EMULATOR_CONTEXT: Parse then Marshal gives back a
+// well-formed container byte for byte, whatever its sections (unknown ids,
+// flags or versions are kept; CRC trailers are verified and recomputed).
 //
 //	container = magic "XDMGSTAT" | version u32 = 1 | flags u32 = 0 | section* | end
 //	section   = id [8]byte (ASCII, NUL-padded) | version u32 | flags u32 |
@@ -40,7 +41,8 @@ const (
 	FlagOptional uint32 = 1 << 0
 	// FlagCRC32C: the last 4 bytes of the body are the CRC32C of the
 	// section's id, version, flags and payload. Every section xen-dm-go
-	// writes has it; the transport's PAGEREFS may not.
+	// writes has it, the transport's PAGEREFS included (not the sections of
+	// its DMBLOB wrapper, which no device model loads).
 	FlagCRC32C uint32 = 1 << 1
 
 	knownFlags = FlagOptional | FlagCRC32C
@@ -84,8 +86,8 @@ func validID(id string) bool {
 	return true
 }
 
-// Marshal frames sections (END is added). A section with FlagCRC32C gets
-// its CRC trailer here.
+// Marshal frames sections (END is added; Offset is ignored). A section
+// with FlagCRC32C gets its CRC trailer here. sections is not changed.
 func Marshal(sections []Section) ([]byte, error) {
 	n := headerSize + sectionHeader
 	for _, s := range sections {
@@ -95,7 +97,7 @@ func Marshal(sections []Section) ([]byte, error) {
 	b = append(b, Magic...)
 	b = binary.LittleEndian.AppendUint32(b, ContainerVersion)
 	b = binary.LittleEndian.AppendUint32(b, 0)
-	for _, s := range append(sections, Section{ID: IDEnd}) {
+	for _, s := range append(sections[:len(sections):len(sections)], Section{ID: IDEnd}) {
 		if !validID(s.ID) {
 			return nil, fmt.Errorf("device state: invalid section id %q", s.ID)
 		}

@@ -172,9 +172,9 @@ func Encode(st *State) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("device state: %w", err)
 	}
-	// PAGEREFS without a CRC: the migration transport reads and replaces
-	// this section and (today) neither writes nor strips a CRC trailer.
-	secs = append(secs, Section{ID: IDPageRefs, Version: blk.PageRefsVersion, Payload: refs})
+	// The migration transport replaces this section (with the same
+	// container code, dm/migstream AttachPageRefs) and checksums it too.
+	secs = append(secs, Section{ID: IDPageRefs, Version: blk.PageRefsVersion, Flags: FlagCRC32C, Payload: refs})
 	b, err := Marshal(secs)
 	if err != nil {
 		return nil, err
@@ -233,7 +233,7 @@ func Decode(b []byte) (*State, error) {
 		if s.Flags&^knownFlags != 0 {
 			return nil, errf(ErrCorrupt, "device state: section %s at offset %d has undefined flags %#x", s.ID, s.Offset, s.Flags&^knownFlags)
 		}
-		if s.Flags&FlagCRC32C == 0 && s.ID != IDPageRefs {
+		if s.Flags&FlagCRC32C == 0 {
 			return nil, errf(ErrCorrupt, "device state: section %s at offset %d has no checksum", s.ID, s.Offset)
 		}
 		if seen[s.ID] {

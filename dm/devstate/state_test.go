@@ -33,11 +33,7 @@ func TestRoundTripEveryField(t *testing.T) {
 	var ids []string
 	for _, s := range mustParse(t, b) {
 		ids = append(ids, s.ID)
-		want := FlagCRC32C
-		if s.ID == IDPageRefs {
-			want = 0 // as the transport writes it
-		}
-		if s.Flags != want || s.Version != 1 {
+		if s.Flags != FlagCRC32C || s.Version != 1 {
 			t.Errorf("section %s: version %d flags %#x", s.ID, s.Version, s.Flags)
 		}
 	}
@@ -82,13 +78,10 @@ func TestTruncatedAtEveryByte(t *testing.T) {
 	}
 }
 
-// Any single flipped bit or byte anywhere is refused, in a state as the
-// device model writes it (PAGEREFS empty: its only checks are structural,
-// see TestPageRefsWithoutChecksum).
+// Any single flipped bit or byte anywhere is refused, page references
+// included.
 func TestEveryByteCorrupted(t *testing.T) {
-	st := fixture()
-	st.PageRefs = nil
-	b := mustEncode(t, st)
+	b := mustEncode(t, fixture())
 	for i := range b {
 		for _, x := range []byte{0x01, 0x80, 0xff} {
 			c := bytes.Clone(b)
@@ -311,12 +304,6 @@ func TestChecksumRequired(t *testing.T) {
 		c := append([]Section(nil), secs...)
 		c[i].Flags &^= FlagCRC32C
 		_, err := Decode(remarshal(t, c))
-		if secs[i].ID == IDPageRefs {
-			if err != nil { // the transport writes PAGEREFS without one
-				t.Fatalf("PAGEREFS without CRC: %v", err)
-			}
-			continue
-		}
 		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "no checksum") {
 			t.Fatalf("%s without CRC: %v", secs[i].ID, err)
 		}
@@ -445,26 +432,25 @@ func putLE32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 }
 
-// PAGEREFS as the transport writes it has no CRC: a flipped hash byte goes
-// unnoticed by the format (the destination's pager compares the hash with
-// the block it reads, so such a page is refused there); a checksummed
-// PAGEREFS is verified.
-func TestPageRefsWithoutChecksum(t *testing.T) {
+// PAGEREFS is checksummed like every other section (the transport writes it
+// so too): a flipped hash byte is refused, and so is a PAGEREFS without a
+// CRC (the pages it names would be filled into the wrong pfns unnoticed).
+func TestPageRefsChecksummed(t *testing.T) {
 	st := fixture()
-	secs := mustParse(t, mustEncode(t, st))
+	b := mustEncode(t, st)
+	secs := mustParse(t, b)
 	last := len(secs) - 1
-	if secs[last].ID != IDPageRefs || secs[last].Flags != 0 {
+	if secs[last].ID != IDPageRefs || secs[last].Flags != FlagCRC32C || len(st.PageRefs) == 0 {
 		t.Fatalf("last section %s flags %#x", secs[last].ID, secs[last].Flags)
 	}
-	secs[last].Flags = FlagCRC32C
-	b := remarshal(t, secs)
-	got, err := Decode(b)
-	if err != nil || !reflect.DeepEqual(got.PageRefs, st.PageRefs) {
-		t.Fatalf("checksummed PAGEREFS: %v", err)
-	}
 	c := bytes.Clone(b)
-	c[len(c)-8-sectionHeader-8] ^= 1 // inside the last hash
-	if _, err := Decode(c); !errors.Is(err, ErrChecksum) {
-		t.Fatalf("corrupt checksummed PAGEREFS: %v", err)
+	c[len(c)-8-sectionHeader-8] ^= 1 // inside the CRC trailer or the last hash
+	if _, err := Decode(c); !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), `"PAGEREFS"`) {
+		t.Fatalf("corrupt PAGEREFS: %v", err)
+	}
+	secs[last].Flags = 0
+	if _, err := Decode(remarshal(t, secs)); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "PAGEREFS") ||
+		!strings.Contains(err.Error(), "no checksum") {
+		t.Fatalf("PAGEREFS without a CRC: %v", err)
 	}
 }

@@ -3,11 +3,13 @@ package migstream_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/xen-dm-go/xen-dm-go/dm/blk"
+	"github.com/xen-dm-go/xen-dm-go/dm/devstate"
 	ms "github.com/xen-dm-go/xen-dm-go/dm/migstream"
 )
 
@@ -107,14 +109,83 @@ func TestContainer(t *testing.T) {
 		!bytes.HasSuffix(w, []byte("END\x00\x00\x00\x00\x00"+strings.Repeat("\x00", 16))) {
 		t.Fatalf("layout % x", w)
 	}
-	// Corruptions.
+	// Corruptions: the transport refuses what the device state's parser
+	// refuses.
 	for _, b := range [][]byte{w[:len(w)-1], append(bytes.Clone(w), 0), w[:20], func() []byte {
 		b := bytes.Clone(w)
 		b[8] = 2
 		return b
 	}()} {
-		if _, err := ms.ParseContainer(b); err == nil {
-			t.Errorf("accepted % x", b)
+		if _, _, err := ms.PageRefs(b); err == nil {
+			t.Errorf("PageRefs accepted % x", b)
+		}
+		if _, err := ms.AttachPageRefs(b, refs); err == nil {
+			t.Errorf("AttachPageRefs accepted % x", b)
 		}
 	}
+}
+
+// In a device-model container (not the transport's DMBLOB wrapper) the
+// transport writes PAGEREFS with a CRC32C, keeps every other section byte
+// for byte, and refuses a container whose CRC does not match, or with two
+// PAGEREFS sections.
+func TestContainerPageRefsChecksummed(t *testing.T) {
+	secs := []devstate.Section{
+		{ID: "HEAD", Version: 1, Flags: devstate.FlagCRC32C, Payload: []byte(`{"x":1}`)},
+		{ID: "OTHER", Version: 7, Flags: devstate.FlagOptional, Payload: []byte("unknown, kept")},
+		{ID: ms.SectionPageRefs, Version: 1, Payload: mustEncodeRefs(t, nil)},
+	}
+	blob, err := devstate.Marshal(secs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := []ms.Elided{{PFN: 3, Ref: blk.Ref{Disk: 1, Sector: 24, Hash: 9}}, {PFN: 4, Ref: blk.Ref{Disk: 1, Sector: 32, Hash: 10}}}
+	out, err := ms.AttachPageRefs(blob, refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := devstate.Parse(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[2].ID != ms.SectionPageRefs || got[2].Flags != devstate.FlagCRC32C {
+		t.Fatalf("sections %+v", got)
+	}
+	// The sections before PAGEREFS are unchanged bytes.
+	if !bytes.Equal(out[:got[2].Offset], blob[:got[2].Offset]) {
+		t.Fatal("sections other than PAGEREFS changed")
+	}
+	if _, back, err := ms.PageRefs(out); err != nil || !slices.Equal(back, refs) {
+		t.Fatalf("read back: %v %v", back, err)
+	}
+	// Attaching again is idempotent.
+	if again, err := ms.AttachPageRefs(out, refs); err != nil || !bytes.Equal(again, out) {
+		t.Fatalf("re-attach: %v", err)
+	}
+	// A flipped bit in a page's hash: the CRC catches it on both sides.
+	bad := bytes.Clone(out)
+	bad[got[2].Offset+24+16+24] ^= 1
+	if _, _, err := ms.PageRefs(bad); !errors.Is(err, devstate.ErrChecksum) {
+		t.Fatalf("PageRefs on a corrupt PAGEREFS: %v", err)
+	}
+	if _, err := ms.AttachPageRefs(bad, refs); !errors.Is(err, devstate.ErrChecksum) {
+		t.Fatalf("AttachPageRefs on a corrupt PAGEREFS: %v", err)
+	}
+	// Two PAGEREFS.
+	two, _ := devstate.Marshal(append(got, got[2]))
+	if _, _, err := ms.PageRefs(two); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("two PAGEREFS: %v", err)
+	}
+	if _, err := ms.AttachPageRefs(two, refs); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("two PAGEREFS: %v", err)
+	}
+}
+
+func mustEncodeRefs(t *testing.T, refs []ms.Elided) []byte {
+	t.Helper()
+	b, err := ms.EncodePageRefs(refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

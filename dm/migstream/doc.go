@@ -71,18 +71,21 @@
 // device model's blob, which libxl writes to qemu-resume.<domid> on the
 // receiver and hands to the device model (-incoming fd:N). The transport calls
 // a RewriteEmulatorContext with the blob and the elided set (sorted by pfn);
-// the default is AttachPageRefs, which uses this container (all integers
-// little-endian):
+// the default is AttachPageRefs, which uses the device state's container
+// (dm/devstate: devstate.Parse and devstate.Marshal are the only parser and
+// encoder of it; docs/device-state.md). All integers little-endian:
 //
 //	container = header section* end
 //	header    = magic "XDMGSTAT" (8) | version u32 = 1 | flags u32 = 0
 //	section   = id [8]byte (ASCII, NUL-padded) | version u32 | flags u32 |
 //	            length u64 | body[length] | zero padding to a multiple of 8
+//	            flags: bit 0 optional, bit 1 CRC32C (the body ends with the
+//	            CRC32C of id, version, flags and payload)
 //	end       = a section with id "END", version, flags and length 0; nothing
 //	            may follow
 //
 //	"DMBLOB"   v1: a device-model blob that was not itself a container
-//	"PAGEREFS" v1: the page references, written only by the transport:
+//	"PAGEREFS" v1: the page references (the device model writes it empty):
 //	   npages u64 | nextents u64 |
 //	   extent[nextents] = pfn u64 | sector u64 | count u32 | disk u8 | 0[3]
 //	   hash[npages] u64 (XXH3-64 of each page, in extent order)
@@ -90,12 +93,14 @@
 //	   of disk; extents are sorted, non-overlapping; sectors are 512-byte
 //	   units, multiples of 8. 8 bytes a page plus 24 an extent.
 //
-// If the blob is a container, AttachPageRefs replaces its PAGEREFS section
-// (or adds one before END) and keeps every other section byte for byte. If
-// it is not, and pages were elided, the blob becomes container{DMBLOB = blob,
-// PAGEREFS}; with nothing elided a foreign blob (QEMU's) is left alone.
-// PageRefs is the receiving side. The device model's own state format is to
-// adopt this container (or replace AttachPageRefs through FilterOptions).
+// If the blob is a container, AttachPageRefs checks it (framing, every CRC),
+// replaces its PAGEREFS section (or adds one before END) by one with the
+// CRC32C flag, and keeps every other section byte for byte. If it is not,
+// and pages were elided, the blob becomes container{DMBLOB = blob,
+// PAGEREFS}, both without CRC (no device model loads that wrapper; its
+// bytes are pinned by tests/testdata/streams); with nothing elided a foreign
+// blob (QEMU's) is left alone. PageRefs is the receiving side; it verifies
+// the CRCs too.
 // References an earlier pass left in PAGEREFS are carried for pfns whose last
 // entry arrived as XALLOC (CarriedRefs), so compacting twice is a no-op.
 //

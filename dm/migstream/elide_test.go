@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/xen-dm-go/xen-dm-go/dm/blk"
+	"github.com/xen-dm-go/xen-dm-go/dm/devstate"
 	ms "github.com/xen-dm-go/xen-dm-go/dm/migstream"
 	"github.com/xen-dm-go/xen-dm-go/dm/migstream/streamtest"
 )
@@ -255,27 +256,30 @@ func TestElideHVMOnly(t *testing.T) {
 // A container blob keeps its other sections; an old PAGEREFS is replaced.
 func TestElideContainerBlob(t *testing.T) {
 	old, _ := ms.EncodePageRefs([]ms.Elided{{PFN: 500, Ref: blk.Ref{Sector: 8}}})
-	c := &ms.Container{Version: ms.ContainerVersion, Sections: []ms.Section{
-		{ID: "DEVICES", Version: 3, Body: []byte("device state!")},
-		{ID: ms.SectionPageRefs, Version: 1, Body: old},
-		{ID: "OTHER", Version: 1, Body: []byte("x")},
-	}}
+	container, err := devstate.Marshal([]devstate.Section{
+		{ID: "DEVICES", Version: 3, Payload: []byte("device state!")},
+		{ID: ms.SectionPageRefs, Version: 1, Payload: old},
+		{ID: "OTHER", Version: 1, Payload: []byte("x")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tr := streamtest.NewFakeTracker()
 	r := blk.Ref{Disk: 2, Sector: 800, Hash: blk.HashPage(page(1))}
 	tr.Refs[1] = r
 	b := streamtest.NewBuilder().LibxlHeader().LibxlRecord(ms.LibxlLibxcContext, nil).LibxcHeader(3).
 		PageData([]ms.PFNEntry{ms.MakePFNEntry(1, ms.PageNOTAB)}, [][]byte{page(1)}).
-		LibxcRecord(ms.LibxcEnd, nil).EmulatorContext(c.Marshal()).LibxlRecord(ms.LibxlEnd, nil).Bytes()
+		LibxcRecord(ms.LibxcEnd, nil).EmulatorContext(container).LibxlRecord(ms.LibxlEnd, nil).Bytes()
 	out, _ := filter(t, b, ms.FilterOptions{Check: true, ElideOptions: ms.ElideOptions{Tracker: tr}})
-	got, err := ms.ParseContainer(emulatorBlob(t, out))
+	got, err := devstate.Parse(emulatorBlob(t, out))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Sections) != 3 || got.Sections[0].ID != "DEVICES" || string(got.Sections[0].Body) != "device state!" ||
-		got.Sections[2].ID != "OTHER" || got.Sections[1].ID != ms.SectionPageRefs {
-		t.Fatalf("sections %+v", got.Sections)
+	if len(got) != 3 || got[0].ID != "DEVICES" || string(got[0].Payload) != "device state!" ||
+		got[2].ID != "OTHER" || got[1].ID != ms.SectionPageRefs || got[1].Flags != devstate.FlagCRC32C {
+		t.Fatalf("sections %+v", got)
 	}
-	refs, err := ms.DecodePageRefs(got.Sections[1].Body)
+	refs, err := ms.DecodePageRefs(got[1].Payload)
 	if err != nil || len(refs) != 1 || refs[0].PFN != 1 || refs[0].Ref != (blk.Ref{Disk: 2, Sector: 800, Hash: r.Hash}) {
 		t.Fatalf("refs %+v %v", refs, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/u-root/uio/uio"
 
 	"github.com/xen-dm-go/xen-dm-go/dm/blk"
+	"github.com/xen-dm-go/xen-dm-go/dm/devstate"
 )
 
 // Inspect prints the items of a stream and a summary to w. PAGE_DATA records
@@ -150,23 +151,27 @@ func describe(it *Item) string {
 }
 
 func describeContainer(blob []byte) string {
-	c, err := ParseContainer(blob)
+	secs, err := devstate.Parse(blob)
 	if err != nil {
 		return err.Error()
 	}
 	var parts []string
-	for _, sec := range c.Sections {
-		p := fmt.Sprintf("%s v%d %d bytes", sec.ID, sec.Version, len(sec.Body))
+	for _, sec := range secs {
+		crc := ""
+		if sec.Flags&devstate.FlagCRC32C != 0 {
+			crc = " crc32c"
+		}
+		p := fmt.Sprintf("%s v%d%s %d bytes", sec.ID, sec.Version, crc, len(sec.Payload))
 		if sec.ID == SectionPageRefs {
-			if refs, err := DecodePageRefs(sec.Body); err == nil {
-				p = fmt.Sprintf("%s v%d: %d page references", sec.ID, sec.Version, len(refs))
+			if refs, err := DecodePageRefs(sec.Payload); err == nil {
+				p = fmt.Sprintf("%s v%d%s: %d page references", sec.ID, sec.Version, crc, len(refs))
 			} else {
 				p += ": " + err.Error()
 			}
 		}
 		parts = append(parts, p)
 	}
-	return fmt.Sprintf("container v%d [%s]", c.Version, strings.Join(parts, "; "))
+	return fmt.Sprintf("container v%d [%s]", devstate.ContainerVersion, strings.Join(parts, "; "))
 }
 
 const streamUsage = `usage: xen-dm-go stream compact [--tracker SOCK | --domid D] [--debug] [--check] IN OUT

@@ -244,3 +244,12 @@ func Verify(r io.Reader) (VerifySummary, error) {
 		}
 	}
 }
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -11,7 +11,9 @@
 # Disk layout (no loop mounts: every file system is made as a file and copied in at its offset):
 #   sector 0          syslinux mbr.bin + MBR partition table (sfdisk)
 #   p1 @ 1 MiB        FAT16, 32 MiB, active: ldlinux.sys (syslinux --install), vmlinuz, initrd.img
-#   p2 @ 33 MiB       ext4 (4 KiB blocks): orig/f1..f4.bin (4 x 16 MiB random) + orig.sha256
+#   p2 @ 33 MiB       ext4 (4 KiB blocks): orig/f1..f4.bin (4 x 16 MiB random) + orig.sha256,
+#                     bin/diskbench (guest/diskbench, static Go: the read benchmark and the
+#                     compact migration's adversary), scratch/hold.bin (8 MiB, overwritten by it)
 set -euo pipefail
 OUT=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +26,8 @@ NFILES=4
 FILE_MB=16
 P1_START=2048 P1_SECTORS=65536    # 1 MiB, 32 MiB
 P2_START=67584 P2_SECTORS=393216  # 33 MiB, 192 MiB
-CMDLINE="console=ttyS0,115200 xen_emul_unplug=never quiet mitigations=off 8250.nr_uarts=1 panic=5"
+# earlyprintk: a guest that dies before the console driver starts still leaves its last words on ttyS0
+CMDLINE="console=ttyS0,115200 earlyprintk=serial,ttyS0,115200 xen_emul_unplug=never quiet mitigations=off 8250.nr_uarts=1 panic=5"
 
 D=$WORK/g
 mkdir -p "$D"
@@ -100,6 +103,15 @@ for i in $(seq 1 $NFILES); do
 	head -c $((FILE_MB * 1048576)) /dev/urandom >"data/orig/f$i.bin"
 done
 (cd data && sha256sum orig/*.bin >orig.sha256)
+mkdir -p data/bin data/scratch
+head -c $((8 * 1048576)) /dev/urandom >data/scratch/hold.bin
+# diskbench uses the standard library only: built as a module of its own from the copy of the
+# sources the builder runs from (outside the repository's module)
+mkdir -p "$D/diskbench"
+cp "$HERE"/guest/diskbench/*.go "$D/diskbench/"
+printf 'module xenlab/diskbench\n\ngo 1.22\n' >"$D/diskbench/go.mod"
+(cd "$D/diskbench" && PATH=$PATH:/usr/local/go/bin CGO_ENABLED=0 GOOS=linux GOARCH=amd64 GOFLAGS= GOTOOLCHAIN=local \
+	go build -trimpath -ldflags='-s -w' -o "$D/data/bin/diskbench" .)
 truncate -s $((P2_SECTORS * 512)) p2.img
 mkfs.ext4 -q -F -b 4096 -L xenlab-data -E root_owner=0:0 -d data p2.img
 

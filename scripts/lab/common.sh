@@ -137,7 +137,8 @@ lab_keys() {
 	KEY_XEN_STOCK=$(lab_key "$LAB_DIR/build-xen-stock.sh" -- "$v_common" \
 		"xen-hypervisor-4.17-amd64=${LAB_VER[xen-hypervisor-4.17-amd64]}")
 	KEY_XEN_PAGING=$(lab_key "$LAB_DIR/build-xen-paging.sh" -- "$v_common" "xen-source=${LAB_VER[xen-source]}")
-	KEY_GUEST=$(lab_key "$LAB_DIR/build-guest.sh" "$LAB_DIR/guest/init" "$LAB_DIR/guest/workload.sh" -- "$v_common" \
+	KEY_GUEST=$(lab_key "$LAB_DIR/build-guest.sh" "$LAB_DIR/guest/init" "$LAB_DIR/guest/workload.sh" \
+		"$LAB_DIR/guest/diskbench/main.go" "$LAB_DIR/guest/diskbench/hold.go" -- "$v_common" \
 		"linux-image-amd64=${LAB_VER[linux-image-amd64]}" "busybox-static=${LAB_VER[busybox-static]}" "syslinux=${LAB_VER[syslinux]}")
 	DIR_ROOTFS=$XENLAB_CACHE/rootfs/$KEY_ROOTFS
 	DIR_XEN_STOCK=$XENLAB_CACHE/xen-stock/$KEY_XEN_STOCK

@@ -96,6 +96,17 @@ start_daemons() {
 
 # xlc OP ARGS...: run `xl -vvv OP ARGS...` with a timeout for OP; full output in
 # $R/xl/NN-OP.log; on failure log the error lines and return xl's status (124: timeout).
+# stamp: prefix each line of stdin with the UTC wall-clock time to the millisecond, as the
+# device models' logs have it (no fork per line).
+stamp() {
+	local l t f
+	while IFS= read -r l || [ -n "$l" ]; do
+		t=$EPOCHREALTIME
+		f=${t#*.}
+		TZ=UTC printf '%(%H:%M:%S)T.%s %s\n' "${t%.*}" "${f:0:3}" "$l"
+	done
+}
+
 xlc() {
 	local op=$1 to n logf rc=0
 	shift
@@ -111,7 +122,10 @@ xlc() {
 	echo $n >/run/xenlab/xlseq
 	logf=$R/xl/$(printf %02d "$n")-$op.log
 	log "xl $op $* (timeout ${to}s, log ${logf#"$XFER"/})"
-	timeout -k 10 "$to" xl -vvv "$op" "$@" >"$logf" 2>&1 || rc=$?
+	# each line stamped with dom0's wall clock (as the device models' logs are), so the phases
+	# of a save or migration line up with the device model's log
+	timeout -k 10 "$to" xl -vvv "$op" "$@" 2>&1 | stamp >"$logf"
+	rc=${PIPESTATUS[0]}
 	if [ $rc -ne 0 ]; then
 		{ grep -iE 'error|fail|warn|timed out' "$logf" || true; } | tail -n 25 | sed 's/^/    | /'
 		if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
@@ -323,6 +337,85 @@ guest_stop() {
 	guest_tail "$dom" 20
 	error "$dom final verification failed: ${line#*XENLAB-GUEST }"
 	return 1
+}
+
+# guest_bench DOM [TIMEOUT]: run the guest's O_DIRECT read benchmark (workload command
+# "benchN") and print its result line's key=value fields ("seq_mbps=… rand_iops=…") on stdout;
+# progress and errors go to stderr (the run log).
+guest_bench() {
+	local dom=$1 to=${2:-600} tok before t0 last_send line=""
+	tok=bench$(date +%s)
+	before=$({ grep -c 'XENLAB-GUEST bench' "$R/guest-$dom.log" 2>/dev/null || true; })
+	{
+		t0=$(date +%s)
+		log "asking $dom to run its read benchmark ($tok)"
+		guest_send "$dom" "$tok $tok $tok" || return 1
+		last_send=$t0
+		while :; do
+			line=$({ grep 'XENLAB-GUEST bench' "$R/guest-$dom.log" 2>/dev/null || true; } | sed -n "$((${before:-0} + 1)),\$p" | head -n1)
+			[ -n "$line" ] && break
+			guest_check "$dom" || return 1
+			if [ $(($(date +%s) - t0)) -ge "$to" ]; then
+				guest_tail "$dom" 20
+				error "timeout: $dom did not report its benchmark within ${to}s"
+				return 1
+			fi
+			if [ $(($(date +%s) - last_send)) -ge 90 ]; then
+				guest_send "$dom" "$tok $tok $tok" || true # the guest runs each token once
+				last_send=$(date +%s)
+			fi
+			sleep 1
+		done
+		case $line in
+		*"XENLAB-GUEST bench "*) log "$dom: ${line#*XENLAB-GUEST }" ;;
+		*) guest_tail "$dom" 10; error "$dom: benchmark failed: ${line#*XENLAB-GUEST }"; return 1 ;;
+		esac
+	} >&2
+	echo "${line#*XENLAB-GUEST bench }"
+}
+
+# guest_hold DOM SECS: start the guest's adversary (workload command "holdS-N", `diskbench
+# hold`): for SECS seconds it overwrites scratch/hold.bin on the disk while keeping a DMA-read
+# copy of it in memory that must never change. Returns once the guest confirms the start.
+guest_hold() {
+	local dom=$1 secs=$2 tok before t0
+	tok=hold$secs-$(date +%s)
+	before=$({ grep -c 'XENLAB-GUEST hold-started' "$R/guest-$dom.log" 2>/dev/null || true; })
+	log "asking $dom to hold and overwrite scratch/hold.bin for ${secs}s ($tok)"
+	t0=$(date +%s)
+	guest_send "$dom" "$tok $tok $tok" || return 1
+	while [ "$({ grep -c 'XENLAB-GUEST hold-started' "$R/guest-$dom.log" 2>/dev/null || true; })" -le "${before:-0}" ]; do
+		guest_check "$dom" || return 1
+		if [ $(($(date +%s) - t0)) -ge 120 ]; then
+			guest_tail "$dom" 10
+			error "$dom did not start its hold workload within 120s"
+			return 1
+		fi
+		[ $((($(date +%s) - t0) % 20)) -eq 19 ] && guest_send "$dom" "$tok $tok $tok" # runs once per token
+		sleep 1
+	done
+}
+
+# guest_hold_result DOM [TIMEOUT]: wait for the end of DOM's last hold workload; print its line's
+# fields ("ok=1 errors=0 cycles=…"); fails unless ok=1 errors=0.
+guest_hold_result() {
+	local dom=$1 to=${2:-600} t0 line
+	t0=$(date +%s)
+	while :; do
+		line=$({ grep -E 'XENLAB-GUEST hold(-failed)? ' "$R/guest-$dom.log" 2>/dev/null || true; } | tail -n1)
+		[ -n "$line" ] && break
+		if [ $(($(date +%s) - t0)) -ge "$to" ]; then
+			guest_tail "$dom" 10 >&2
+			error "timeout: $dom did not finish its hold workload within ${to}s" >&2
+			return 1
+		fi
+		sleep 1
+	done
+	echo "${line#*XENLAB-GUEST hold }"
+	case " $line " in
+	*" ok=1 errors=0 "*) return 0 ;;
+	*) return 1 ;;
+	esac
 }
 
 # verify_guest_disk [IMG]: with the guest shut down, check every file on the guest disk's data

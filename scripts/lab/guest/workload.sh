@@ -9,7 +9,12 @@
 #      back and verifies it, keeps the last $NSLOTS written files and their manifest w.sha256
 #                                         -> "XENLAB-GUEST round=N ok=1 errors=0 ..." per round
 #      (errors counts every mismatch since boot: anything but errors=0 is a failure)
-#   3. on "stop" typed into the console: re-verifies every file (shipped and written), unmounts
+#   3. on "benchN" typed into the console (N: digits, a token run once): the O_DIRECT read
+#      benchmark bin/diskbench on /dev/sda2 -> "XENLAB-GUEST bench seq_mbps=... rand_iops=..."
+#   4. on "holdS-N" typed into the console: for S seconds, in the background, `diskbench hold`
+#      overwrites scratch/hold.bin while it keeps a DMA-read copy in memory that must not change
+#                                         -> "XENLAB-GUEST hold ok=1 errors=0 cycles=..."
+#   5. on "stop" typed into the console: re-verifies every file (shipped and written), unmounts
 #      and powers off                     -> "XENLAB-GUEST final ok=1 errors=0 files=N ..."
 # Written files are named <boot id>-<round>.bin and the manifest is replaced atomically after
 # their data is synced, so the disk stays consistent even if the domain is destroyed mid-round.
@@ -58,6 +63,7 @@ mb=$(du -sm orig | cut -f1)
 say "verify-initial ok=$ok files=$((n + $(wc -l <w.sha256))) mb=$mb errors=$errors secs=$(since "$t") up=$(up)"
 
 final() {
+	wait # a background `diskbench hold` finishes first (it holds scratch/hold.bin open)
 	t=$(up)
 	dropc
 	ferr=0
@@ -78,6 +84,8 @@ final() {
 
 round=0
 input=
+lastbench=
+lasthold=
 while :; do
 	round=$((round + 1))
 	t=$(up)
@@ -119,6 +127,27 @@ while :; do
 	input="$input$cmd"
 	case $input in
 	*stop*) final ;;
+	*hold[0-9]*-[0-9]*)
+		# "holdS-N": for S seconds, in the background, overwrite scratch/hold.bin again and again
+		# while keeping a DMA-read copy of it in memory that must never change (once per token)
+		tok=$(echo "$input" | grep -o 'hold[0-9][0-9]*-[0-9][0-9]*' | tail -n1)
+		input=
+		if [ -n "$tok" ] && [ "$tok" != "$lasthold" ]; then
+			lasthold=$tok
+			s=${tok#hold}
+			/mnt/bin/diskbench hold -file /mnt/scratch/hold.bin -secs "${s%-*}" &
+			say "hold-started secs=${s%-*} up=$(up)"
+		fi
+		;;
+	*bench[0-9]*)
+		# "benchN": run the read benchmark once per token N (the host repeats the token)
+		tok=$(echo "$input" | grep -o 'bench[0-9][0-9]*' | tail -n1)
+		input=
+		if [ "$tok" != "$lastbench" ]; then
+			lastbench=$tok
+			/mnt/bin/diskbench -dev /dev/sda2 || say "bench-failed status=$?"
+		fi
+		;;
 	esac
 	[ ${#input} -gt 10 ] && input=${input#"${input%??????????}"} # keep the last 10 characters
 done

@@ -4,13 +4,34 @@
 #   power-off (PM1a_CNT S5 -> remote_shutdown); a second guest ended by `xl destroy`; after
 #   each, nothing of the device model is left behind (process, QMP sockets, tracker socket,
 #   xenstore device-model directory).
-# Values: boot_s, console_ok, poweroff_ok, destroy_ok, leftovers, checksums_ok.
+#   The guest's O_DIRECT read benchmark (guest/diskbench: sequential 1 MiB and random 4 KiB
+#   reads of /dev/sda2) runs BENCH_RUNS times under xen-dm-go (g1) and under the stock qemu-xen
+#   (a third guest, g3, in the same lab boot); the medians are reported.
+# Values: boot_s, console_ok, poweroff_ok, destroy_ok, leftovers, checksums_ok,
+#   {ours,stock}_seq_mbps, {ours,stock}_rand_iops, stock_boot_s.
 DM=${DM:-/xfer/bin/xen-dm-go}
 GUEST_MEM=${GUEST_MEM:-256}
+BENCH_RUNS=${BENCH_RUNS:-3}
 
 start_daemons
 mkdir -p "$(readlink -f /var/lock 2>/dev/null || echo /var/lock)" # xenconsole (xl console) takes a lock file there
 "$DM" --version | head -n1 | sed 's/^/device model: /'
+
+median() { sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) { print "" } else if (NR % 2) { print a[(NR + 1) / 2] } else { printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 } }'; }
+field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
+
+# bench DOM TAG: BENCH_RUNS read benchmarks on DOM; results TAG_seq_mbps and TAG_rand_iops (medians).
+bench() {
+	local dom=$1 tag=$2 i out seq="" rnd=""
+	for i in $(seq 1 "$BENCH_RUNS"); do
+		out=$(guest_bench "$dom") || return 1
+		echo "$tag bench $i: $out" >>"$R/bench.txt"
+		seq="$seq $(echo "$out" | field seq_mbps)"
+		rnd="$rnd $(echo "$out" | field rand_iops)"
+	done
+	result "${tag}_seq_mbps" "$(echo "$seq" | tr ' ' '\n' | grep . | median)"
+	result "${tag}_rand_iops" "$(echo "$rnd" | tr ' ' '\n' | grep . | median)"
+}
 
 # leftovers ID: print what a device model of domain ID left behind (empty when clean).
 leftovers() {
@@ -28,6 +49,7 @@ wait_guest_round g1 1 "$GUEST_BOOT_TIMEOUT"
 result boot_s "$(elapsed "$t0")"
 id=$(domid g1)
 cp "/var/log/xen/qemu-dm-g1.log" "$R/dm-g1-boot.log" 2>/dev/null || true
+bench g1 ours || fail "the read benchmark failed under xen-dm-go"
 
 # --- xl console: the operator's view of the serial port (the capture reader steps aside)
 stop_capture g1
@@ -68,6 +90,16 @@ if [ -n "$left$left2" ]; then
 	printf '%s\n%s\n' "$left" "$left2" | sed 's/^/    | /'
 	error "the device model left something behind"
 fi
+
+# --- the same benchmark under the stock qemu-xen, same lab boot, same disk image
+mkcfg g3 "$STOCK_DM" "$GUEST_MEM" >/dev/null
+t0=$(now)
+guest_create g3
+wait_guest_round g3 1 "$GUEST_BOOT_TIMEOUT"
+result stock_boot_s "$(elapsed "$t0")"
+bench g3 stock || fail "the read benchmark failed under qemu-xen"
+xlc destroy g3
+
 [ "$poweroff_ok" = 1 ] || fail "guest did not power off through ACPI"
 [ "$console_ok" = 1 ] || fail "xl console showed nothing"
 [ -z "$left$left2" ] || fail "leftovers after power-off or destroy"
