@@ -256,7 +256,10 @@ func (c *Core) Start(ctx context.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		c.tracker = blk.NewTracker(blk.TrackerConfig{Dirty: c.dirty})
+		// Entries are claims the guest's CPU may have made stale since the
+		// transfer; the tracker service checks each one it answers against
+		// the page (docs/tracker.md).
+		c.tracker = blk.NewTracker(blk.TrackerConfig{Dirty: c.dirty, PageHash: guestPageHash(m, cfg.DomID)})
 		c.mem = trackedMemory{GuestMemory: m, dirty: c.dirty, tracker: c.tracker}
 		return func() error { c.dirty.stop(); return nil }, nil
 	}); err != nil {

@@ -1,11 +1,12 @@
 package dm
 
 import (
-	"github.com/xen-dm-go/xen-dm-go/dm/blk"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/xen-dm-go/xen-dm-go/dm/blk"
 	"github.com/xen-dm-go/xen-dm-go/dm/hw"
 	"github.com/xen-dm-go/xen-dm-go/dm/pci"
 	"github.com/xen-dm-go/xen-dm-go/dm/xen"
@@ -286,4 +287,27 @@ func (m trackedMemory) WriteGPA(gpa uint64, p []byte) error {
 		m.dirty.MarkDirty(first, last-first+1)
 	}
 	return nil
+}
+
+// pageBufs are the 4 KiB buffers guestPageHash reads pages into.
+var pageBufs = sync.Pool{New: func() any { return new([hw.PageSize]byte) }}
+
+// guestPageHash is the tracker's validator (blk.TrackerConfig.PageHash): the
+// hash of guest page pfn as it is now, read through the map cache (safe for
+// concurrent use with the ioreq loop and DMA; reads report nothing dirty).
+// The read is a copy of one page into a pooled buffer, ~0.3 µs per page with
+// the hash on the reference machine (BenchmarkGuestPageHash; hashing the
+// mapping in place through a MapCache Pin measured slower: it allocates).
+func guestPageHash(m hw.GuestMemory, domid uint32) func(pfn uint64) (uint64, error) {
+	return func(pfn uint64) (uint64, error) {
+		if pfn > ^uint64(0)>>hw.PageShift {
+			return 0, fmt.Errorf("domid %d pfn %#x: hash guest page: %w", domid, pfn, hw.ErrBadGPA)
+		}
+		buf := pageBufs.Get().(*[hw.PageSize]byte)
+		defer pageBufs.Put(buf)
+		if err := m.ReadGPA(pfn<<hw.PageShift, buf[:]); err != nil {
+			return 0, fmt.Errorf("domid %d pfn %#x: hash guest page: %w", domid, pfn, err)
+		}
+		return blk.HashPage(buf[:]), nil
+	}
 }

@@ -80,7 +80,10 @@ type TrackerStats struct {
 	Dropped       uint64 // entries dropped by partial/unaligned transfers or other writes to the page
 	RaceDrops     uint64 // pages not recorded because a guest write raced the transfer
 	Lookups       uint64 // pfns looked up
-	Hits          uint64 // lookups that found an entry
+	Hits          uint64 // lookups that found an entry (after validation, for LookupValid)
+	Stale         uint64 // validated lookups whose page no longer hashed to its entry: answered not tracked
+	StaleDrops    uint64 // of those, entries dropped (not when frozen or replaced meanwhile)
+	HashErrors    uint64 // validated lookups whose page could not be hashed: answered not tracked, kept
 	Bytes         int    // memory held by the tables
 }
 
@@ -110,6 +113,7 @@ type Tracker struct {
 	wnext  int // next ring index
 	stats  TrackerStats
 	drops  []uint64 // scratch: pfns removed in the current operation
+	hash   func(pfn uint64) (uint64, error)
 }
 
 // TrackerConfig configures a Tracker.
@@ -122,11 +126,17 @@ type TrackerConfig struct {
 	// MaxEntries caps the table (0 = unlimited). At the cap, new pages are not
 	// recorded; existing entries are never evicted for capacity.
 	MaxEntries int
+	// PageHash, if set, returns HashPage of guest page pfn as it is now. The
+	// tracker never sees the guest's CPU write a page, so an entry is only a
+	// claim; LookupValid checks each claim it answers with PageHash. It is
+	// called without the tracker's lock held, concurrently with transfers
+	// and with other lookups.
+	PageHash func(pfn uint64) (uint64, error)
 }
 
 // NewTracker returns an empty tracker.
 func NewTracker(cfg TrackerConfig) *Tracker {
-	return &Tracker{dirty: cfg.Dirty, max: cfg.MaxEntries, rev: make([]uint32, 64)}
+	return &Tracker{dirty: cfg.Dirty, max: cfg.MaxEntries, rev: make([]uint32, 64), hash: cfg.PageHash}
 }
 
 // Token marks the start of a transfer for the race rule.
@@ -301,9 +311,17 @@ func (t *Tracker) DropGPA(gpa, n uint64) {
 
 // Lookup fills out[i] for pfns[i] and reports which were found in ok[i].
 // It returns the number of hits. out and ok must be at least len(pfns).
+// The entries are not checked against guest memory (see LookupValid).
 func (t *Tracker) Lookup(pfns []uint64, out []Ref, ok []bool) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	hits := t.lookupLocked(pfns, out, ok)
+	t.stats.Lookups += uint64(len(pfns))
+	t.stats.Hits += uint64(hits)
+	return hits
+}
+
+func (t *Tracker) lookupLocked(pfns []uint64, out []Ref, ok []bool) int {
 	hits := 0
 	for i, p := range pfns {
 		s := t.slotLocked(p, false)
@@ -315,8 +333,63 @@ func (t *Tracker) Lookup(pfns []uint64, out []Ref, ok []bool) int {
 		ok[i] = true
 		hits++
 	}
+	return hits
+}
+
+// LookupValid is Lookup with every entry found checked against the guest
+// page through TrackerConfig.PageHash (without one it is Lookup). The
+// pages are hashed outside the tracker's lock. A page that no longer hashes
+// to its entry (the guest's CPU rewrote it) is answered not tracked, and its
+// entry is dropped — and reported dirty like every drop — if it is still the
+// same entry (a transfer may have replaced it meanwhile) and the tracker is
+// not frozen. A page PageHash fails on is answered not tracked and kept.
+// It returns the number of entries answered.
+func (t *Tracker) LookupValid(pfns []uint64, out []Ref, ok []bool) int {
+	if t.hash == nil {
+		return t.Lookup(pfns, out, ok)
+	}
+	t.mu.Lock()
+	hits := t.lookupLocked(pfns, out, ok)
+	t.mu.Unlock()
+	var stale []int // indexes into pfns
+	var errs uint64
+	for i, p := range pfns {
+		if !ok[i] {
+			continue
+		}
+		h, err := t.hash(p)
+		switch {
+		case err != nil:
+			errs++
+		case h != out[i].Hash:
+			stale = append(stale, i)
+		default:
+			continue
+		}
+		ok[i] = false
+		hits--
+	}
+	t.mu.Lock()
+	for _, i := range stale {
+		if t.frozen {
+			break
+		}
+		// Gen changes whenever the entry is replaced, so an equal Ref is the
+		// entry that was hashed (a transfer that recorded the very same
+		// block and hash again leaves the entry as it was; dropping it then
+		// costs a page of elision, never correctness).
+		if s := t.slotLocked(pfns[i], false); s != nil && s.key&keyValid != 0 && refOf(*s) == out[i] {
+			t.removeLocked(pfns[i])
+			t.stats.StaleDrops++
+		}
+	}
 	t.stats.Lookups += uint64(len(pfns))
 	t.stats.Hits += uint64(hits)
+	t.stats.Stale += uint64(len(stale))
+	t.stats.HashErrors += errs
+	drops := t.takeDrops()
+	t.mu.Unlock()
+	t.report(drops)
 	return hits
 }
 

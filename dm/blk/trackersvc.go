@@ -5,12 +5,18 @@ package blk
 // after the domain. The protocol is a request/response exchange of
 // little-endian binary frames (docs/tracker.md):
 //
-//	request:  op u32 | count u32 | count × pfn u64          (op 1, LOOKUP)
+//	request:  op u32 | count u32 | count × pfn u64          (op 1, LOOKUP; op 3, LOOKUP_RAW)
 //	          op u32 | 0 u32                                (op 2, STATS)
-//	response: status u32 | count u32 | count × entry        (LOOKUP, status 0)
+//	response: status u32 | count u32 | count × entry        (LOOKUP*, status 0)
 //	          entry = found u8 | disk u8 | gen u16 | 0 u32 | sector u64 | hash u64
 //	          status u32 | len u32 | len bytes of JSON      (STATS, or an error
 //	                                                        with status 1 and a message)
+//
+// LOOKUP answers through Tracker.LookupValid: every entry it returns was
+// checked against the guest page (entries the guest's CPU made stale are
+// dropped and answered not found). LOOKUP_RAW answers the table as it is,
+// without that check or any change (Tracker.Lookup), for the independent
+// check (`xen-dm-go tracker-check`) to measure how many claims were stale.
 
 import (
 	"bufio"
@@ -30,8 +36,9 @@ import (
 )
 
 const (
-	opLookup = 1
-	opStats  = 2
+	opLookup    = 1
+	opStats     = 2
+	opLookupRaw = 3
 
 	statusOK    = 0
 	statusError = 1
@@ -131,7 +138,7 @@ func (s *TrackerServer) serve(c net.Conn) error {
 		l := uio.NewLittleEndianBuffer(hdr[:])
 		op, n := l.Read32(), l.Read32()
 		switch {
-		case op == opLookup && n <= MaxLookup:
+		case (op == opLookup || op == opLookupRaw) && n <= MaxLookup:
 			body := make([]byte, 8*int(n))
 			if _, err := io.ReadFull(r, body); err != nil {
 				return fmt.Errorf("lookup of %d pfns: %w", n, err)
@@ -144,7 +151,11 @@ func (s *TrackerServer) serve(c net.Conn) error {
 			if len(refs) < len(pfns) {
 				refs, found = make([]Ref, len(pfns)), make([]bool, len(pfns))
 			}
-			s.t.Lookup(pfns, refs, found)
+			if op == opLookupRaw {
+				s.t.Lookup(pfns, refs, found)
+			} else {
+				s.t.LookupValid(pfns, refs, found)
+			}
 			out := make([]byte, 8+entryWire*len(pfns))
 			binary.LittleEndian.PutUint32(out[0:], statusOK)
 			binary.LittleEndian.PutUint32(out[4:], n)
@@ -224,8 +235,20 @@ func DialTracker(path string) (*TrackerClient, error) {
 // Close closes the connection.
 func (tc *TrackerClient) Close() error { return tc.c.Close() }
 
-// Lookup asks for pfns (at most MaxLookup) and fills out/ok as Tracker.Lookup.
+// Lookup asks for pfns (at most MaxLookup) and fills out/ok as
+// Tracker.LookupValid: every entry answered was checked against the guest
+// page by the device model.
 func (tc *TrackerClient) Lookup(pfns []uint64, out []Ref, ok []bool) (int, error) {
+	return tc.lookup(opLookup, pfns, out, ok)
+}
+
+// LookupRaw is Lookup without the check (Tracker.Lookup): the table as it is,
+// stale claims included. It changes nothing in the tracker.
+func (tc *TrackerClient) LookupRaw(pfns []uint64, out []Ref, ok []bool) (int, error) {
+	return tc.lookup(opLookupRaw, pfns, out, ok)
+}
+
+func (tc *TrackerClient) lookup(op uint32, pfns []uint64, out []Ref, ok []bool) (int, error) {
 	if len(pfns) > MaxLookup {
 		return 0, fmt.Errorf("tracker client %s: %d pfns in one lookup (max %d)", tc.path, len(pfns), MaxLookup)
 	}
@@ -240,7 +263,7 @@ func (tc *TrackerClient) Lookup(pfns []uint64, out []Ref, ok []bool) (int, error
 		return 0, err
 	}
 	req := tc.buf[:need]
-	binary.LittleEndian.PutUint32(req[0:], opLookup)
+	binary.LittleEndian.PutUint32(req[0:], op)
 	binary.LittleEndian.PutUint32(req[4:], uint32(len(pfns)))
 	for i, p := range pfns {
 		binary.LittleEndian.PutUint64(req[8+8*i:], p)

@@ -20,12 +20,14 @@ type Tracker interface {
 	Lookup(pfns []uint64, out []blk.Ref, ok []bool) (hits int, err error)
 }
 
-// LocalTracker adapts an in-process *blk.Tracker.
+// LocalTracker adapts an in-process *blk.Tracker. It answers as the service
+// does (Tracker.LookupValid: entries checked against the guest page when the
+// tracker has a validator).
 type LocalTracker struct{ T *blk.Tracker }
 
 // Lookup implements Tracker.
 func (l LocalTracker) Lookup(pfns []uint64, out []blk.Ref, ok []bool) (int, error) {
-	return l.T.Lookup(pfns, out, ok), nil
+	return l.T.LookupValid(pfns, out, ok), nil
 }
 
 // RewriteEmulatorContext returns the device-model blob to send in place of

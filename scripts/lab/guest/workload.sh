@@ -145,7 +145,7 @@ while :; do
 		input=
 		if [ "$tok" != "$lastbench" ]; then
 			lastbench=$tok
-			/mnt/bin/diskbench -dev /dev/sda2 || say "bench-failed status=$?"
+			/mnt/bin/diskbench -dev /dev/sda2 -rand-n 500 || say "bench-failed status=$?"
 		fi
 		;;
 	esac
