@@ -160,7 +160,8 @@ func (d *DevState) Load(ctx context.Context, r io.Reader, m *Machine) error {
 	return ApplyState(m, st)
 }
 
-// checkPageRefs checks that every reference names a disk block of m.
+// checkPageRefs checks that every disk reference names a disk block of m
+// (zero references name none: the page is filled with zeros).
 func checkPageRefs(m *Machine, refs []blk.Entry) error {
 	var size [4]int64
 	for _, d := range m.Disks {
@@ -169,6 +170,9 @@ func checkPageRefs(m *Machine, refs []blk.Entry) error {
 		}
 	}
 	for _, r := range refs {
+		if r.IsZeroPage() {
+			continue // the codec checked it (blk.ZeroRef); the pager checks it again
+		}
 		if int(r.Disk) >= len(size) || size[r.Disk] == 0 {
 			return fmt.Errorf("%w: page reference pfn %#x names IDE drive %d, which has no medium here", devstate.ErrMismatch, r.PFN, r.Disk)
 		}

@@ -16,9 +16,11 @@ import (
 // domain. Any reference it cannot fill exactly fails the load, and the guest
 // never runs. log receives the fill's summary (nil: slog.Default()).
 //
-// The filled pages are then seeded into the machine's tracker: each is an
-// exact copy of its disk block (the hash was checked on the bytes written),
-// so the next migration of this domain may elide it again.
+// The pages filled from the disks are then seeded into the machine's
+// tracker: each is an exact copy of its disk block (the hash was checked on
+// the bytes written), so the next migration of this domain may elide it
+// again. Zero references (all-zero pages) are written with zeros and not
+// seeded: the transport elides zero pages without the tracker.
 //
 // The filler writes through Machine.Mem, like a device's DMA, so each page
 // is also handed to the dirty log and dropped from the tracker (then seeded
@@ -54,8 +56,14 @@ func pagerPageRefs(log *slog.Logger, newPager func(m *Machine) paging.Pager) fun
 			return err
 		}
 		if m.Tracker != nil && len(refs) > 0 {
-			n := m.Tracker.Seed(refs)
-			log.Info("page tracker seeded with the filled pages", "domid", m.Info.DomID, "seeded", n, "pages", len(refs))
+			n := m.Tracker.Seed(refs) // skips the zero references: no disk copies
+			disk := 0
+			for _, r := range refs {
+				if !r.IsZeroPage() {
+					disk++
+				}
+			}
+			log.Info("page tracker seeded with the pages filled from the disks", "domid", m.Info.DomID, "seeded", n, "pages", disk)
 		}
 		return nil
 	}

@@ -151,3 +151,63 @@ func TestIncomingPageRefsRefused(t *testing.T) {
 		})
 	}
 }
+
+// Zero references (all-zero pages the transport elided) travel in the same
+// state: the filler writes zeros over whatever the XALLOC page held, reads
+// no disk for them, and does not seed them into the tracker.
+func TestIncomingPageRefsZero(t *testing.T) {
+	img, data := diskImage(t)
+	a := newEnv(t, envOpt{extra: stateArgv(img), opts: withDevState})
+	driveDevices(t, a)
+	zero := func(pfn uint64) blk.Entry { return blk.Entry{PFN: pfn, Ref: blk.ZeroRef()} }
+	refs := []blk.Entry{zero(0x80), zero(0x81), zero(0x82), diskRef(data, 0x100, 10), zero(0x101), diskRef(data, 0x102, 11), zero(0x3000)}
+	path := stateWithRefs(t, a, refs)
+	st, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if secs, err := devstate.Parse(st); err != nil || secs[len(secs)-1].ID != devstate.IDPageRefs || secs[len(secs)-1].Version != 2 {
+		t.Fatalf("PAGEREFS with zero references: %v", err)
+	}
+	garbage := bytes.Repeat([]byte{0x5a}, 4096)
+	b := newEnv(t, envOpt{extra: stateArgv(img) + " -incoming fd:15", opts: func(o *Options) {
+		withEagerPager(t, path)(o)
+		fill := o.DeviceState.(*DevState).PageRefs
+		p := o.Platform.(*testPlatform)
+		o.DeviceState.(*DevState).PageRefs = func(ctx context.Context, m *Machine, r []blk.Entry) error {
+			// XALLOC pages hold whatever Xen's allocator returned.
+			for _, ref := range r {
+				copy(p.ram.Bytes()[ref.PFN*4096:], garbage)
+			}
+			copy(p.ram.Bytes()[0x83*4096:], garbage)
+			return fill(ctx, m, r)
+		}
+	}})
+	ram := b.p.ram.Bytes()
+	for _, r := range refs {
+		want := make([]byte, 4096)
+		if !r.IsZeroPage() {
+			want = data[r.Sector*512 : r.Sector*512+4096]
+		}
+		if !bytes.Equal(ram[r.PFN*4096:(r.PFN+1)*4096], want) {
+			t.Fatalf("pfn %#x (%+v) not filled", r.PFN, r.Ref)
+		}
+	}
+	if !bytes.Equal(ram[0x83*4096:0x84*4096], garbage) {
+		t.Fatal("a page next to the zero references was written")
+	}
+	pfns := make([]uint64, len(refs))
+	for i, r := range refs {
+		pfns[i] = r.PFN
+	}
+	out, ok := make([]blk.Ref, len(refs)), make([]bool, len(refs))
+	b.c.Machine().Tracker.Lookup(pfns, out, ok)
+	for i, r := range refs {
+		if ok[i] != !r.IsZeroPage() {
+			t.Fatalf("pfn %#x tracked %v after the fill (%+v)", r.PFN, ok[i], r.Ref)
+		}
+	}
+	if st := b.c.RunState(); st.Status != "running" || !b.server().Enabled() {
+		t.Fatalf("restored: %+v, ioreq server enabled %v", st, b.server().Enabled())
+	}
+}

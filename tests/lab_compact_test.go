@@ -52,8 +52,9 @@ func compactScenario(t *testing.T) (*lab.Result, error) {
 // `xl migrate -s "xen-dm-go migrate-send …"` runs while the guest's adversary overwrites the
 // blocks behind pages it holds; the same migration with elision off gives stock xl's stream
 // size; an `xl save` filtered by `xen-dm-go stream compact` must pass Xen's verify-stream-v2 and
-// restore. The migration must elide at least 95 % of the pages the tracker covered; whether the
-// stream shrank to 1 − 0.99·f of stock's (issue 7's bound) is printed as bound_ok. It prints
+// restore. The migration must send at least 95 % of the pages the tracker covered as disk
+// references, and its stream (disk references and all-zero pages as zero references) must shrink
+// to at most 1 − 0.99·f of stock's (issue 7's bound). It prints
 //
 //	RESULT compact bytes_ratio=<ours ÷ stock> f=<disk-backed fraction> checksums_ok=1 verify_ok=1
 //	       adversarial_ok=1 gbps_one_core=<transport throughput, one core, in memory>
@@ -98,12 +99,19 @@ func TestLabCompact(t *testing.T) {
 	// Every page the tracker covered at the check must have travelled as a reference: the
 	// transport's share of the job (the bound above also depends on libxc's re-sends and the
 	// stream's per-pfn headers, which no elision removes).
-	if el, cov := num("compact_pages_elided"), num("covered"); el < 0.95*cov {
-		t.Errorf("the compact migration elided %.0f pages, fewer than 95 %% of the %.0f the tracker covered", el, cov)
+	disk, zero := num("compact_pages_elided_disk"), num("compact_pages_elided_zero")
+	if cov := num("covered"); disk < 0.95*cov {
+		t.Errorf("the compact migration elided %.0f pages as disk references, fewer than 95 %% of the %.0f the tracker covered", disk, cov)
+	}
+	// What the disk references alone achieve: every zero-page reference saved exactly one page
+	// of data.
+	diskOnly := 0.0
+	if in > 0 {
+		diskOnly = (ours + zero*4096) / in
 	}
 	if boundOK == 0 {
-		t.Logf("NOT MET (issue 7): bytes_ratio %.4f > 1 − 0.99·f = %.4f (f=%.4f); separate pass-through migration: %.4f",
-			ratio, bound, f, separate)
+		t.Errorf("bytes_ratio %.4f > 1 − 0.99·f = %.4f (f=%.4f; disk references alone: %.4f; separate pass-through migration: %.4f)",
+			ratio, bound, f, diskOnly, separate)
 	}
 	for _, k := range []string{"checksums_ok", "verify_ok", "hold_ok"} {
 		if v[k] != "1" {
@@ -119,8 +127,8 @@ func TestLabCompact(t *testing.T) {
 		return
 	}
 	fmt.Printf("RESULT compact bytes_ratio=%.4f f=%.4f checksums_ok=%s verify_ok=%s adversarial_ok=%s gbps_one_core=%.2f "+
-		"bound=%.4f bound_ok=%d bytes_ratio_separate=%.4f elided=%s\n",
-		ratio, f, v["checksums_ok"], v["verify_ok"], v["hold_ok"], gbps, bound, boundOK, separate, v["compact_pages_elided"])
+		"bound=%.4f bytes_ratio_disk_only=%.4f bytes_ratio_separate=%.4f elided_disk=%.0f elided_zero=%.0f\n",
+		ratio, f, v["checksums_ok"], v["verify_ok"], v["hold_ok"], gbps, bound, diskOnly, separate, disk, zero)
 }
 
 // transportGBpsOneCore measures the transport's filter on one core (GOMAXPROCS=1), in memory:

@@ -41,7 +41,13 @@ func runDevstate(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	h, _ := json.MarshalIndent(st.Header, "", "  ")
-	fmt.Fprintf(stdout, "header: %s\npage references: %d\n", h, len(st.PageRefs))
+	zero := 0
+	for _, r := range st.PageRefs {
+		if r.IsZeroPage() {
+			zero++
+		}
+	}
+	fmt.Fprintf(stdout, "header: %s\npage references: %d (disk %d, zero %d)\n", h, len(st.PageRefs), len(st.PageRefs)-zero, zero)
 	for _, s := range st.Skipped {
 		fmt.Fprintf(stdout, "skipped optional section %s v%d\n", s.ID, s.Version)
 	}

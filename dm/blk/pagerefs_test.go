@@ -96,3 +96,110 @@ func TestPageRefsRefused(t *testing.T) {
 		t.Errorf("extents over npages: %v", err)
 	}
 }
+
+func TestZeroPageHash(t *testing.T) {
+	if h := HashPage(make([]byte, BlockSize)); h != ZeroPageHash {
+		t.Fatalf("HashPage(zero page) = %#016x, ZeroPageHash %#016x", h, uint64(ZeroPageHash))
+	}
+	if !ZeroRef().IsZeroPage() || (Ref{Disk: 3}).IsZeroPage() {
+		t.Fatal("IsZeroPage")
+	}
+}
+
+// Zero references: runs of consecutive zero pfns are one extent (sector 0),
+// mixed with disk references; version 2 only when there are some.
+func TestPageRefsZero(t *testing.T) {
+	z := func(pfn uint64) Entry { return Entry{PFN: pfn, Ref: ZeroRef()} }
+	d := func(pfn uint64, disk uint8, sector uint64) Entry {
+		return Entry{PFN: pfn, Ref: Ref{Disk: disk, Sector: sector, Hash: pfn * 3}}
+	}
+	refs := []Entry{
+		z(1), z(2), z(3), // one zero extent
+		d(4, 0, 8), d(5, 0, 16), // one disk extent, right after
+		z(6), // a zero extent between disk references
+		d(7, 0, 24), d(8, 1, 32),
+		z(10), z(11), // a gap, then a zero extent
+		z(MaxPFN),
+	}
+	if v := PageRefsVersionFor(refs); v != 2 {
+		t.Fatalf("version %d, want 2", v)
+	}
+	if v := PageRefsVersionFor([]Entry{d(4, 0, 8)}); v != 1 {
+		t.Fatalf("version %d for disk references only, want 1", v)
+	}
+	if v := PageRefsVersionFor(nil); v != 1 {
+		t.Fatalf("version %d for no references, want 1", v)
+	}
+	b, err := EncodePageRefs(refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := binary.LittleEndian.Uint64(b[8:]); n != 7 {
+		t.Fatalf("%d extents, want 7", n)
+	}
+	for _, v := range []uint32{2} {
+		got, err := DecodePageRefsVersion(v, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, refs) {
+			t.Fatalf("round trip differs:\n%+v\n%+v", got, refs)
+		}
+	}
+	// An older section version cannot carry them; unknown versions are refused.
+	if _, err := DecodePageRefsVersion(1, b); err == nil || !strings.Contains(err.Error(), "need version 2") {
+		t.Fatalf("version 1 with zero references: %v", err)
+	}
+	for _, v := range []uint32{0, 3} {
+		if _, err := DecodePageRefsVersion(v, b); err == nil || !strings.Contains(err.Error(), "not supported") {
+			t.Fatalf("version %d: %v", v, err)
+		}
+	}
+	// Disk references only: the same bytes under both versions.
+	b1, _ := EncodePageRefs(refs[3:5])
+	for _, v := range []uint32{1, 2} {
+		if got, err := DecodePageRefsVersion(v, b1); err != nil || !reflect.DeepEqual(got, refs[3:5]) {
+			t.Fatalf("version %d: %+v %v", v, got, err)
+		}
+	}
+	// Malformed zero references do not encode.
+	for name, r := range map[string]Entry{
+		"sector": {PFN: 1, Ref: Ref{Disk: ZeroDisk, Sector: 8, Hash: ZeroPageHash}},
+		"hash":   {PFN: 1, Ref: Ref{Disk: ZeroDisk, Hash: 1}},
+	} {
+		if _, err := EncodePageRefs([]Entry{r}); err == nil || !strings.Contains(err.Error(), "zero reference") {
+			t.Errorf("encode zero reference with bad %s: %v", name, err)
+		}
+	}
+}
+
+func TestPageRefsZeroRefused(t *testing.T) {
+	le := binary.LittleEndian
+	body := func(pfn, sector uint64, count uint32, hash uint64) []byte {
+		b := le.AppendUint64(nil, uint64(count))
+		b = le.AppendUint64(b, 1)
+		b = le.AppendUint64(b, pfn)
+		b = le.AppendUint64(b, sector)
+		b = le.AppendUint32(b, count)
+		b = append(b, ZeroDisk, 0, 0, 0)
+		for range count {
+			b = le.AppendUint64(b, hash)
+		}
+		return b
+	}
+	if refs, err := DecodePageRefs(body(5, 0, 2, ZeroPageHash)); err != nil || len(refs) != 2 || refs[1] != (Entry{PFN: 6, Ref: ZeroRef()}) {
+		t.Fatalf("well-formed zero extent: %+v %v", refs, err)
+	}
+	for name, c := range map[string]struct {
+		b    []byte
+		want string
+	}{
+		"sector":          {body(5, 8, 1, ZeroPageHash), "zero extent (disk 255) at pfn 0x5 with sector 8"},
+		"sector overflow": {body(5, 1<<63, 2, ZeroPageHash), "with sector"},
+		"hash":            {body(5, 0, 2, 0x1234), "zero reference with hash 0x0000000000001234"},
+	} {
+		if _, err := DecodePageRefs(c.b); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v (want %q)", name, err, c.want)
+		}
+	}
+}

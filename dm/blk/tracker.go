@@ -228,11 +228,13 @@ func (t *Tracker) DiskToGuest(tok Token, disk uint8, off int64, segs []Segment, 
 // the disks and checked each page against its hash (dm/paging), so a later
 // migration may elide them again. Each entry is recorded as a transfer would
 // record it (a new Gen; the given Gen is ignored; a different entry for the
-// pfn is replaced and reported dirty). Entries the tracker cannot hold (sector
-// not a multiple of 8, disk or pfn out of range), entries whose block a guest
-// write in flight overlaps (the race rule), and entries past MaxEntries are
-// skipped; nothing is recorded while frozen. It returns how many of the
-// entries the table holds afterwards.
+// pfn is replaced and reported dirty). Zero references (Ref.IsZeroPage: an
+// all-zero page, no disk block) are skipped: they are not disk copies.
+// Entries the tracker cannot hold (sector not a multiple of 8, disk or pfn
+// out of range), entries whose block a guest write in flight overlaps (the
+// race rule), and entries past MaxEntries are skipped; nothing is recorded
+// while frozen. It returns how many of the entries the table holds
+// afterwards.
 func (t *Tracker) Seed(entries []Entry) int {
 	t.mu.Lock()
 	n := 0
@@ -241,7 +243,7 @@ func (t *Tracker) Seed(entries []Entry) int {
 		if t.frozen {
 			break
 		}
-		if e.Sector%(BlockSize/SectorSize) != 0 || e.Disk > diskMask {
+		if e.IsZeroPage() || e.Sector%(BlockSize/SectorSize) != 0 || e.Disk > diskMask {
 			continue
 		}
 		block := e.Sector / (BlockSize / SectorSize)

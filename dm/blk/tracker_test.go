@@ -372,6 +372,15 @@ func TestTrackerSeed(t *testing.T) {
 		t.Fatalf("seeded %d beside a write in flight, want 1", n)
 	}
 	tr.EndWrite(w, nil, nil)
+	// Zero references are no disk copies: skipped, pfn 5's entry kept.
+	if n := tr.Seed([]Entry{{PFN: 40, Ref: ZeroRef()}, {PFN: 5, Ref: ZeroRef()}}); n != 0 {
+		t.Fatalf("seeded %d zero references", n)
+	}
+	zp := []uint64{40, 5}
+	tr.Lookup(zp, out[:2], ok[:2])
+	if ok[0] || !ok[1] || out[1].Sector != 16 {
+		t.Fatalf("after seeding zero references: %v %+v", ok[:2], out[:2])
+	}
 	// Frozen: nothing.
 	tr.Freeze()
 	if n := tr.Seed([]Entry{{PFN: 30, Ref: Ref{Sector: 0, Hash: 3}}}); n != 0 {

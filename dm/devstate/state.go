@@ -47,10 +47,20 @@ const (
 )
 
 // sectionVersion is the version of each known section this build writes
-// and reads.
+// and reads. PAGEREFS is the exception: it is written in the oldest version
+// that carries its references (blk.PageRefsVersionFor) and read in every
+// version from blk.PageRefsMinVersion to this one.
 var sectionVersion = map[string]uint32{
 	IDHeader: 1, IDHost: 1, IDPIIX3: 1, IDPM: 1, IDPlatform: 1, IDIDE: 1, IDCMOS: 1, IDPS2: 1,
 	IDSerial: 1, IDPageRefs: blk.PageRefsVersion,
+}
+
+// readsVersion reports whether this build reads version v of section base.
+func readsVersion(base string, v uint32) bool {
+	if base == IDPageRefs {
+		return v >= blk.PageRefsMinVersion && v <= blk.PageRefsVersion
+	}
+	return v == sectionVersion[base]
 }
 
 // MaxSize bounds a device state (the page references are 8 bytes a page
@@ -174,7 +184,7 @@ func Encode(st *State) ([]byte, error) {
 	}
 	// The migration transport replaces this section (with the same
 	// container code, dm/migstream AttachPageRefs) and checksums it too.
-	secs = append(secs, Section{ID: IDPageRefs, Version: blk.PageRefsVersion, Flags: FlagCRC32C, Payload: refs})
+	secs = append(secs, Section{ID: IDPageRefs, Version: blk.PageRefsVersionFor(st.PageRefs), Flags: FlagCRC32C, Payload: refs})
 	b, err := Marshal(secs)
 	if err != nil {
 		return nil, err
@@ -223,12 +233,16 @@ func Decode(b []byte) (*State, error) {
 			// Skipping the header, or the pages to fill, is never safe.
 			return nil, errf(ErrCorrupt, "device state: section %s at offset %d is marked optional; it must never be skipped", s.ID, s.Offset)
 		}
-		if want := sectionVersion[base]; s.Version != want {
+		if want := sectionVersion[base]; !readsVersion(base, s.Version) {
 			if s.Optional() {
 				st.Skipped = append(st.Skipped, Section{ID: s.ID, Version: s.Version, Flags: s.Flags, Offset: s.Offset, Payload: s.Payload})
 				continue
 			}
-			return nil, errf(ErrVersion, "device state: section %s at offset %d has version %d; this build reads version %d", s.ID, s.Offset, s.Version, want)
+			reads := fmt.Sprintf("version %d", want)
+			if base == IDPageRefs {
+				reads = fmt.Sprintf("versions %d–%d", blk.PageRefsMinVersion, blk.PageRefsVersion)
+			}
+			return nil, errf(ErrVersion, "device state: section %s at offset %d has version %d; this build reads %s", s.ID, s.Offset, s.Version, reads)
 		}
 		if s.Flags&^knownFlags != 0 {
 			return nil, errf(ErrCorrupt, "device state: section %s at offset %d has undefined flags %#x", s.ID, s.Offset, s.Flags&^knownFlags)
@@ -266,7 +280,7 @@ func Decode(b []byte) (*State, error) {
 			st.Serials[idx] = new(uart.State)
 			err = decodeJSON(s, st.Serials[idx])
 		case IDPageRefs:
-			st.PageRefs, err = blk.DecodePageRefs(s.Payload)
+			st.PageRefs, err = blk.DecodePageRefsVersion(s.Version, s.Payload)
 			if err != nil {
 				err = errf(ErrCorrupt, "device state: section %s at offset %d: %v", s.ID, s.Offset, err)
 			}

@@ -194,10 +194,14 @@ func TestSectionVersions(t *testing.T) {
 	secs := mustParse(t, mustEncode(t, fixture()))
 	for i := range secs {
 		c := append([]Section(nil), secs...)
-		c[i].Version = 2
+		next := uint32(2)
+		if secs[i].ID == IDPageRefs {
+			next = blk.PageRefsVersion + 1 // versions 1 and 2 are read
+		}
+		c[i].Version = next
 		_, err := Decode(remarshal(t, c))
 		if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), secs[i].ID) {
-			t.Fatalf("%s version 2: %v", secs[i].ID, err)
+			t.Fatalf("%s version %d: %v", secs[i].ID, next, err)
 		}
 		c[i].Version = 0
 		if _, err := Decode(remarshal(t, c)); !errors.Is(err, ErrVersion) {
@@ -452,5 +456,43 @@ func TestPageRefsChecksummed(t *testing.T) {
 	if _, err := Decode(remarshal(t, secs)); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "PAGEREFS") ||
 		!strings.Contains(err.Error(), "no checksum") {
 		t.Fatalf("PAGEREFS without a CRC: %v", err)
+	}
+}
+
+// Zero references (all-zero pages the transport elided) travel with the disk
+// references: PAGEREFS version 2 then, version 1 without them, and a
+// version-1 section cannot carry them.
+func TestPageRefsZeroRoundTrip(t *testing.T) {
+	st := fixture()
+	disk := st.PageRefs
+	st.PageRefs = []blk.Entry{
+		{PFN: 0x10, Ref: blk.ZeroRef()}, {PFN: 0x11, Ref: blk.ZeroRef()},
+		disk[0], disk[1],
+		{PFN: 0x102, Ref: blk.ZeroRef()},
+		disk[2],
+		{PFN: 0x300, Ref: blk.ZeroRef()},
+	}
+	b := mustEncode(t, st)
+	secs := mustParse(t, b)
+	pr := secs[len(secs)-1]
+	if pr.ID != IDPageRefs || pr.Version != 2 {
+		t.Fatalf("last section %s version %d, want PAGEREFS 2", pr.ID, pr.Version)
+	}
+	got, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.PageRefs, st.PageRefs) {
+		t.Fatalf("references %+v\nwant %+v", got.PageRefs, st.PageRefs)
+	}
+	// Disk references only: version 1, as older builds write and read it.
+	st.PageRefs = disk
+	if secs := mustParse(t, mustEncode(t, st)); secs[len(secs)-1].Version != 1 {
+		t.Fatalf("PAGEREFS version %d without zero references, want 1", secs[len(secs)-1].Version)
+	}
+	// Zero references under version 1: refused, never taken for disk 255.
+	secs[len(secs)-1].Version = 1
+	if _, err := Decode(remarshal(t, secs)); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "zero references need version 2") {
+		t.Fatalf("zero references in a version-1 section: %v", err)
 	}
 }

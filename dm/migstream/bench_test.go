@@ -19,6 +19,13 @@ var benchStream = sync.OnceValue(func() *streamtest.Stream {
 		Tracked: 1, Stale: -1, Holes: -1, Broken: -1, XAlloc: -1, PVTab: -1, Dup: -1})
 })
 
+// benchZeroStream is benchStream's shape with every page all-zero (what
+// libxc sends for a guest's untouched memory).
+var benchZeroStream = sync.OnceValue(func() *streamtest.Stream {
+	return streamtest.Generate(streamtest.Config{Seed: 42, Pages: 8192, Batch: ms.MaxBatchSize, Rounds: -1,
+		Tracked: -1, Stale: -1, Holes: -1, Broken: -1, XAlloc: -1, PVTab: -1, Dup: -1, Zero: 1})
+})
+
 // staleTracker knows every pfn but with a hash no page has: lookup and hash
 // every page, elide none.
 type staleTracker struct{ *streamtest.FakeTracker }
@@ -35,14 +42,24 @@ func (s staleTracker) Lookup(pfns []uint64, out []blk.Ref, ok []bool) (int, erro
 // bytes of input stream per second.
 func BenchmarkFilter(b *testing.B) {
 	s := benchStream()
-	cases := []struct {
+	z := benchZeroStream()
+	type benchCase struct {
 		name string
 		tr   ms.Tracker
-	}{
-		{"passthrough", nil},
-		{"lookup-miss", streamtest.NewFakeTracker()},
-		{"hash-mismatch", staleTracker{s.Tracker}},
-		{"elide-all", s.Tracker},
+		zero bool               // ElideOptions.Zero
+		s    *streamtest.Stream // nil: benchStream
+	}
+	cases := []benchCase{
+		{name: "passthrough"},
+		{name: "lookup-miss", tr: streamtest.NewFakeTracker()},
+		{name: "hash-mismatch", tr: staleTracker{s.Tracker}},
+		{name: "elide-all", tr: s.Tracker},
+		// Every page checked for zeros (none is), then looked up and elided.
+		{name: "elide-all-zero-check", tr: s.Tracker, zero: true},
+		// Every page all-zero: checked in full and elided, no tracker.
+		{name: "zero-all", zero: true, s: z},
+		// The same without zero elision: every page passes with its data.
+		{name: "zero-passthrough", s: z},
 	}
 	sink := &memSink{buf: make([]byte, 8<<20)}
 	b.Run("raw-copy", func(b *testing.B) {
@@ -52,16 +69,18 @@ func BenchmarkFilter(b *testing.B) {
 			io.CopyBuffer(onlyWriter{sink}, onlyReader{bytes.NewReader(s.Bytes)}, buf)
 		}
 	})
-	cases = append(cases, struct {
-		name string
-		tr   ms.Tracker
-	}{"elide-all-socket", socketTracker(b, s)})
+	cases = append(cases, benchCase{name: "elide-all-socket", tr: socketTracker(b, s)},
+		benchCase{name: "elide-all-socket-zero-check", tr: socketTracker(b, s), zero: true})
 	for _, c := range cases {
+		s := s
+		if c.s != nil {
+			s = c.s
+		}
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(s.Bytes)))
 			var out int64
 			for b.Loop() {
-				el, err := ms.Filter(sink, bytes.NewReader(s.Bytes), ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: c.tr}})
+				el, err := ms.Filter(sink, bytes.NewReader(s.Bytes), ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: c.tr, Zero: c.zero}})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -27,8 +27,12 @@ const preambleMagic = "XEN-DM-GO-MIGRATE 1"
 const sendUsage = `usage: xen-dm-go migrate-send [flags] [--] [ARGS...]
 
 Carries an xl migration stream from stdin to a receiver, rewriting pages that
-are exact copies of tracked disk blocks into data-less XALLOC entries, and
-passes the receiver's replies (the back channel) to stdout unchanged.
+are exact copies of tracked disk blocks, and all-zero pages, into data-less
+XALLOC entries (the destination's xen-dm-go fills them before the guest runs),
+and passes the receiver's replies (the back channel) to stdout unchanged.
+Both need the domain's device model to be xen-dm-go (only it can fill the
+pages): without a reachable tracker at the start the stream passes unchanged
+(--require-tracker makes that an error); --no-elide always sends it unchanged.
 
 As xl's transport (xl runs "exec <-s value> <host> xl … migrate-receive …",
 so ARGS are the host and the receiver's xl command line):
@@ -79,8 +83,8 @@ func SendMain(args []string, stdin io.Reader, stdout io.Writer, stderr io.Writer
 	domid := fs.Int("domid", -1, "domain id: the tracker socket is `D`'s in --run-dir")
 	runDir := fs.String("run-dir", DefaultRunDir, "directory of the device model's tracker socket")
 	trackerPath := fs.String("tracker", "", "tracker socket `path` (overrides --domid)")
-	requireTracker := fs.Bool("require-tracker", false, "fail instead of sending unchanged when the tracker is unreachable")
-	noElide := fs.Bool("no-elide", false, "send the stream unchanged (still parsed)")
+	requireTracker := fs.Bool("require-tracker", false, "fail instead of sending the stream unchanged when the tracker is unreachable")
+	noElide := fs.Bool("no-elide", false, "send the stream unchanged (still parsed): no disk copies, no zero pages elided")
 	raw := fs.Bool("raw", false, "copy bytes without parsing (baseline)")
 	debug := fs.Bool("debug", false, "pass pages unchanged after VERIFY (xl migrate --debug; implied by -d in ARGS)")
 	connect := fs.String("connect", "", "TCP link to `[HOST:]PORT`")
@@ -128,7 +132,7 @@ func SendMain(args []string, stdin io.Reader, stdout io.Writer, stderr io.Writer
 				closeIfCloser(stdout)
 				return 1
 			}
-			lg.Printf("tracker: %s; sending pages unchanged", trackerErr)
+			lg.Printf("tracker: %s; sending pages unchanged (no xen-dm-go device model to fill them)", trackerErr)
 		}
 	}
 
@@ -199,14 +203,17 @@ func SendMain(args []string, stdin io.Reader, stdout io.Writer, stderr io.Writer
 		ferr = rawCopy(fw, stdin, st)
 	} else {
 		el, ferr = Filter(fw, stdin, FilterOptions{
-			ElideOptions: ElideOptions{Tracker: tr, Debug: *debug, Stats: st, Logf: lg.Printf},
+			// Zero pages too only when the tracker answered: its presence is what
+			// says the destination's device model is xen-dm-go, which fills them.
+			ElideOptions: ElideOptions{Tracker: tr, Zero: tr != nil, Debug: *debug, Stats: st, Logf: lg.Printf},
 			OnItem: func(it *Item) {
 				switch {
 				case it.Kind == KindMessage:
 					lg.Printf("sender: %s", MessageName(it.Msg))
 				case it.IsLibxl(LibxlEnd):
-					lg.Printf("stream complete: %s in, %s out, %d of %d pages elided, %d references carried",
-						human(st.BytesIn.Load()), human(st.BytesOut.Load()), st.Elided.Load(), st.Pages.Load(), st.ElidedFinal.Load())
+					lg.Printf("stream complete: %s in, %s out, %d of %d pages elided (disk %d, zero %d), %d references carried (disk %d, zero %d)",
+						human(st.BytesIn.Load()), human(st.BytesOut.Load()), st.Elided.Load(), st.Pages.Load(),
+						st.ElidedDisk.Load(), st.ElidedZero.Load(), st.ElidedFinal.Load(), st.ElidedFinalDisk.Load(), st.ElidedFinalZero.Load())
 				}
 			},
 		})

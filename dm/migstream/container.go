@@ -17,24 +17,29 @@ const (
 	// SectionPageRefs is filled by the transport: the pages whose last
 	// entry in the libxc stream was elided, with their disk blocks.
 	SectionPageRefs = devstate.IDPageRefs
+	// PageRefsVersion is the newest PAGEREFS version (zero references);
+	// the transport writes the oldest that carries its set
+	// (blk.PageRefsVersionFor) and reads blk.PageRefsMinVersion onwards.
 	PageRefsVersion = blk.PageRefsVersion
 	// SectionDMBlob wraps a device-model blob that was not a container.
 	SectionDMBlob = devstate.IDDMBlob
 )
 
 // Elided is a page whose last entry in the stream was elided, with the disk
-// block it equals (blk.Entry: pfn, disk, sector, hash, generation).
+// block it equals (blk.Entry: pfn, disk, sector, hash, generation), or a
+// zero reference (blk.ZeroRef: an all-zero page, no disk).
 type Elided = blk.Entry
 
 // IsContainer reports whether blob starts with the container magic.
 func IsContainer(blob []byte) bool { return devstate.IsState(blob) }
 
-// EncodePageRefs encodes a PAGEREFS v1 body with the codec the device state
-// shares (blk.EncodePageRefs): refs sorted by pfn, no duplicates.
+// EncodePageRefs encodes a PAGEREFS body with the codec the device state
+// shares (blk.EncodePageRefs): refs sorted by pfn, no duplicates; its
+// version is blk.PageRefsVersionFor(refs).
 func EncodePageRefs(refs []Elided) ([]byte, error) { return blk.EncodePageRefs(refs) }
 
-// DecodePageRefs decodes a PAGEREFS v1 body (blk.DecodePageRefs; Gen is not
-// carried: zero).
+// DecodePageRefs decodes a PAGEREFS body of the newest version
+// (blk.DecodePageRefs; Gen is not carried: zero).
 func DecodePageRefs(body []byte) ([]Elided, error) { return blk.DecodePageRefs(body) }
 
 // AttachPageRefs is the default RewriteEmulatorContext.
@@ -48,7 +53,7 @@ func DecodePageRefs(body []byte) ([]Elided, error) { return blk.DecodePageRefs(b
 // compacting twice changes nothing.
 //
 // Otherwise, with no elided pages the blob is returned unchanged; with
-// some, it is wrapped: container{DMBLOB v1 = blob, PAGEREFS v1}, without
+// some, it is wrapped: container{DMBLOB v1 = blob, PAGEREFS}, without
 // CRCs. No device model loads such a wrapper (xen-dm-go refuses DMBLOB);
 // it keeps the elided set of a foreign blob for `stream compact` and
 // `stream inspect`, and its bytes are pinned by tests/testdata/streams.
@@ -74,7 +79,7 @@ func AttachPageRefs(blob []byte, elided []Elided) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	refs := devstate.Section{ID: SectionPageRefs, Version: PageRefsVersion, Flags: devstate.FlagCRC32C, Payload: body}
+	refs := devstate.Section{ID: SectionPageRefs, Version: blk.PageRefsVersionFor(elided), Flags: devstate.FlagCRC32C, Payload: body}
 	if wrapper {
 		refs.Flags = 0
 	}
@@ -132,10 +137,7 @@ func PageRefs(blob []byte) (dm []byte, refs []Elided, err error) {
 	if err != nil || i < 0 {
 		return dm, nil, err
 	}
-	if s := secs[i]; s.Version != PageRefsVersion {
-		return nil, nil, fmt.Errorf("page references: section version %d not supported (want %d)", s.Version, PageRefsVersion)
-	}
-	if refs, err = DecodePageRefs(secs[i].Payload); err != nil {
+	if refs, err = blk.DecodePageRefsVersion(secs[i].Version, secs[i].Payload); err != nil {
 		return nil, nil, err
 	}
 	return dm, refs, nil

@@ -189,3 +189,54 @@ func mustEncodeRefs(t *testing.T, refs []ms.Elided) []byte {
 	}
 	return b
 }
+
+// Zero references make PAGEREFS version 2; a set without them stays version
+// 1 (older readers keep reading it); version 1 cannot carry zero references.
+func TestContainerZeroRefs(t *testing.T) {
+	disk := ms.Elided{PFN: 3, Ref: blk.Ref{Disk: 1, Sector: 24, Hash: 9}}
+	refs := []ms.Elided{{PFN: 1, Ref: blk.ZeroRef()}, {PFN: 2, Ref: blk.ZeroRef()}, disk}
+	for _, c := range []struct {
+		refs    []ms.Elided
+		version uint32
+	}{{refs, 2}, {refs[2:], 1}, {nil, 1}} {
+		for _, blob := range [][]byte{[]byte("qemu-ish blob"), mustMarshal(t, []devstate.Section{{ID: "DEVICES", Version: 1, Flags: devstate.FlagCRC32C, Payload: []byte("d")}})} {
+			w, err := ms.AttachPageRefs(blob, c.refs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ms.IsContainer(w) {
+				continue // a raw blob with nothing elided
+			}
+			secs, err := devstate.Parse(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pr := secs[len(secs)-1]
+			if pr.ID != ms.SectionPageRefs || pr.Version != c.version {
+				t.Fatalf("%d references: %s version %d, want %d", len(c.refs), pr.ID, pr.Version, c.version)
+			}
+			_, got, err := ms.PageRefs(w)
+			if err != nil || !slices.Equal(got, c.refs) {
+				t.Fatalf("PageRefs: %+v %v", got, err)
+			}
+			if c.version == 2 {
+				// The same body labelled version 1, or an unknown version: refused.
+				for _, v := range []uint32{1, 3} {
+					secs[len(secs)-1].Version = v
+					if _, _, err := ms.PageRefs(mustMarshal(t, secs)); err == nil {
+						t.Fatalf("PAGEREFS version %d with zero references accepted", v)
+					}
+				}
+			}
+		}
+	}
+}
+
+func mustMarshal(t *testing.T, secs []devstate.Section) []byte {
+	t.Helper()
+	b, err := devstate.Marshal(secs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -45,24 +45,28 @@
 //
 // # Elision
 //
-// Elider (used by Filter) handles each PAGE_DATA record as follows: the pfns
-// of its NOTAB entries go to the tracker in one Lookup; the page of each
-// tracked pfn is hashed (blk.HashPage, XXH3-64) and compared with the tracked
-// hash; on a match the entry becomes XALLOC (0xE) and its 4096 bytes leave the
-// record (rewritten in place, body_length fixed). Everything else passes byte
-// for byte, and records without elisions are written from the read buffer as
+// Elider (used by Filter) handles each PAGE_DATA record as follows. With
+// ElideOptions.Zero (migrate-send without --no-elide, stream compact), a NOTAB
+// entry whose page is all zeros becomes XALLOC (0xE) as a zero reference
+// (blk.ZeroRef: the destination writes zeros, reads no disk), tracker or not,
+// as QEMU's migration sends zero pages without data. The pfns of the other
+// NOTAB entries go to the tracker in one Lookup; the page of each tracked pfn
+// is hashed (blk.HashPage, XXH3-64) and compared with the tracked hash; on a
+// match the entry becomes XALLOC and its 4096 bytes leave the record
+// (rewritten in place, body_length fixed). Everything else passes byte for
+// byte, and records without elisions are written from the read buffer as
 // they are.
 //
 // The elided set is exact: it holds the pfns whose last entry in the stream
-// was elided, with their (disk, sector, hash). Any later entry of the pfn
-// that is not elided, whatever its type, removes it. After a VERIFY record
+// was elided, with their (disk, sector, hash) or zero reference. Any later
+// entry of the pfn that is not elided, whatever its type, removes it. After a VERIFY record
 // the restorer compares pages instead of writing them, so the set no longer
 // changes; with Debug (implied by migrate-receive -d in xl's rune) pages after
 // VERIFY pass unchanged so every non-elided page is compared byte-exact (the
 // restorer then logs mismatches for the elided pfns, which it holds as
-// unfilled XALLOC pages). Only x86 HVM domains are elided. If the tracker
-// fails, elision stops and the stream goes on unchanged (the set stays
-// exact). If pages were elided and no EMULATOR_CONTEXT follows the last change
+// unfilled XALLOC pages); zero pages follow the same rules. Only x86 HVM
+// domains are elided. If the tracker fails, disk elision stops (zero pages
+// are still elided) and the stream goes on (the set stays exact). If pages were elided and no EMULATOR_CONTEXT follows the last change
 // of the set, the transport fails rather than send pages nobody can fill.
 //
 // # EMULATOR_CONTEXT and the device-state container
@@ -85,13 +89,16 @@
 //	            may follow
 //
 //	"DMBLOB"   v1: a device-model blob that was not itself a container
-//	"PAGEREFS" v1: the page references (the device model writes it empty):
+//	"PAGEREFS" v1, v2: the page references (the device model writes it empty):
 //	   npages u64 | nextents u64 |
 //	   extent[nextents] = pfn u64 | sector u64 | count u32 | disk u8 | 0[3]
 //	   hash[npages] u64 (XXH3-64 of each page, in extent order)
 //	   Extent k covers pfns pfn..pfn+count-1 on sectors sector, sector+8, …
 //	   of disk; extents are sorted, non-overlapping; sectors are 512-byte
 //	   units, multiples of 8. 8 bytes a page plus 24 an extent.
+//	   v2 only: disk 0xff (blk.ZeroDisk) is a zero extent: all-zero pages,
+//	   sector 0, every hash blk.ZeroPageHash. A set without zero references
+//	   is written as v1 (blk.PageRefsVersionFor).
 //
 // If the blob is a container, AttachPageRefs checks it (framing, every CRC),
 // replaces its PAGEREFS section (or adds one before END) by one with the
@@ -123,8 +130,11 @@
 //	xl migrate -s "" dom "xen-dm-go migrate-send --domid D -- xl migrate-receive"
 //
 // Flags: --domid D (tracker socket blk.TrackerSocketPath(--run-dir, D),
-// --run-dir default /var/run/xen) or --tracker PATH; --require-tracker (fail
-// instead of sending unchanged when the tracker is unreachable); --no-elide;
+// --run-dir default /var/run/xen) or --tracker PATH; without a reachable
+// tracker nothing is elided, not even all-zero pages (the tracker is what
+// says the destination's device model is xen-dm-go, the only one that fills
+// elided pages), and --require-tracker makes that an error; --no-elide
+// (nothing elided: the stream stock xl sends, counted);
 // --raw (byte copy, no parsing: the baseline); --debug; --rate RATE (link
 // emulation: 125M, 1Gbit, 10MiB/s); --progress 1s (0: off).
 //
@@ -146,8 +156,10 @@
 //
 // All commands print progress lines on stderr (migrate-send: every second)
 // and end with one JSON line on stderr (StatsLine): bytes in/out, records,
-// pages, pages elided, the final elided set, tracker hits and hash
-// mismatches, rates, the child's exit code and the error.
+// pages, pages elided (pages_elided = pages_elided_disk + pages_elided_zero),
+// the final elided set (elided_final = elided_final_disk +
+// elided_final_zero), tracker hits and hash mismatches, rates, the child's
+// exit code and the error.
 //
 // # Testing
 //

@@ -39,10 +39,16 @@ type RewriteEmulatorContext func(blob []byte, elided []Elided) ([]byte, error)
 
 // ElideOptions configure an Elider.
 type ElideOptions struct {
-	// Tracker decides; nil disables elision (the stream passes unchanged).
+	// Tracker decides which pages are disk copies; nil: none are.
 	Tracker Tracker
-	// Debug passes pages unchanged after a VERIFY record, so the restorer
-	// compares every page that follows (xl migrate --debug).
+	// Zero elides all-zero pages too, as zero references (blk.ZeroRef: the
+	// destination writes zeros, no disk read), with or without a tracker
+	// and after a tracker failure. Without Tracker and Zero the stream
+	// passes unchanged.
+	Zero bool
+	// Debug passes pages (disk copies and zero pages) unchanged after a
+	// VERIFY record, so the restorer compares every page that follows (xl
+	// migrate --debug).
 	Debug bool
 	// Rewrite carries the elided set in EMULATOR_CONTEXT; nil means
 	// AttachPageRefs.
@@ -62,28 +68,40 @@ type ElideOptions struct {
 // Stats are the transport's counters; all fields are safe for concurrent
 // reads while a filter runs.
 type Stats struct {
-	BytesIn      atomic.Int64 // stream bytes read
-	BytesOut     atomic.Int64 // stream bytes written
-	Records      atomic.Int64 // records of both layers
-	PageRecords  atomic.Int64 // PAGE_DATA records
-	Pages        atomic.Int64 // pfn entries
-	DataPages    atomic.Int64 // entries with data in the input
-	Elided       atomic.Int64 // entries rewritten to XALLOC
-	Looked       atomic.Int64 // pfns asked of the tracker
-	Hits         atomic.Int64 // of which tracked
-	HashMismatch atomic.Int64 // tracked, but the page differs from the block
-	ElidedFinal  atomic.Int64 // size of the elided set at the end
+	BytesIn         atomic.Int64 // stream bytes read
+	BytesOut        atomic.Int64 // stream bytes written
+	Records         atomic.Int64 // records of both layers
+	PageRecords     atomic.Int64 // PAGE_DATA records
+	Pages           atomic.Int64 // pfn entries
+	DataPages       atomic.Int64 // entries with data in the input
+	Elided          atomic.Int64 // entries rewritten to XALLOC: ElidedDisk + ElidedZero
+	ElidedDisk      atomic.Int64 // of which equal to their tracked disk block
+	ElidedZero      atomic.Int64 // of which all-zero pages
+	Looked          atomic.Int64 // pfns asked of the tracker
+	Hits            atomic.Int64 // of which tracked
+	HashMismatch    atomic.Int64 // tracked, but the page differs from the block
+	ElidedFinal     atomic.Int64 // size of the elided set at the end: ElidedFinalDisk + ElidedFinalZero
+	ElidedFinalDisk atomic.Int64 // of which disk references
+	ElidedFinalZero atomic.Int64 // of which zero references
+}
+
+func (st *Stats) storeFinal(s *elidedSet) {
+	st.ElidedFinal.Store(int64(s.n))
+	st.ElidedFinalDisk.Store(int64(s.n - s.zero))
+	st.ElidedFinalZero.Store(int64(s.zero))
 }
 
 // Elider rewrites a decoded stream: NOTAB entries whose page hashes to the
-// tracked block of their pfn become XALLOC entries without data, and the
-// EMULATOR_CONTEXT record is given the set of pages whose last entry was
-// elided. Everything else passes through byte for byte.
+// tracked block of their pfn, or (with Zero) whose page is all zeros, become
+// XALLOC entries without data, and the EMULATOR_CONTEXT record is given the
+// set of pages whose last entry was elided. Everything else passes through
+// byte for byte.
 type Elider struct {
 	opt   ElideOptions
 	stats *Stats
 
-	active      bool // a tracker is set and the domain is HVM
+	active      bool // a tracker is set, it has not failed and the domain is HVM
+	zero        bool // Zero is set and the domain is HVM
 	trackerErr  error
 	afterVerify bool
 	set         elidedSet
@@ -93,12 +111,20 @@ type Elider struct {
 	everElided  bool
 
 	pfns  []uint64
-	idx   []int
+	idx   []entryPage // per pfn looked up: its entry and data page in the record
 	refs  []blk.Ref
 	ok    []bool
-	elide []int32 // per entry of the current record: index in refs, or -1
+	elide []int32 // per entry of the current record: index in refs, keepEntry or zeroEntry
 	out   []byte
 }
+
+type entryPage struct{ entry, page int }
+
+// Values of Elider.elide besides an index in refs.
+const (
+	keepEntry = -1 // sent as it came
+	zeroEntry = -2 // an all-zero page: elided as a zero reference
+)
 
 // NewElider returns an Elider.
 func NewElider(opt ElideOptions) *Elider {
@@ -115,7 +141,7 @@ func NewElider(opt ElideOptions) *Elider {
 	if st == nil {
 		st = new(Stats)
 	}
-	return &Elider{opt: opt, stats: st, active: opt.Tracker != nil}
+	return &Elider{opt: opt, stats: st, active: opt.Tracker != nil, zero: opt.Zero}
 }
 
 // Stats returns the counters.
@@ -142,9 +168,9 @@ func (e *Elider) Process(it *Item) ([]byte, error) {
 	st := e.stats
 	switch it.Kind {
 	case KindLibxcHeader:
-		if it.Libxc.DomainType != DomainX86HVM && e.active {
-			e.active = false
-			e.logf("elision off: domain type %s (only HVM pfns are tracked)", DomainTypeName(it.Libxc.DomainType))
+		if it.Libxc.DomainType != DomainX86HVM && (e.active || e.zero) {
+			e.active, e.zero = false, false
+			e.logf("elision off: domain type %s (only HVM pfns are tracked and filled)", DomainTypeName(it.Libxc.DomainType))
 		}
 	case KindLibxcRecord:
 		st.Records.Add(1)
@@ -154,7 +180,7 @@ func (e *Elider) Process(it *Item) ([]byte, error) {
 		case LibxcVerify:
 			e.afterVerify = true
 		case LibxcEnd:
-			st.ElidedFinal.Store(int64(e.set.n))
+			st.storeFinal(&e.set)
 		}
 	case KindLibxlRecord:
 		st.Records.Add(1)
@@ -166,7 +192,7 @@ func (e *Elider) Process(it *Item) ([]byte, error) {
 				return nil, &FormatError{Offset: it.Offset, Where: it.Name(),
 					Err: fmt.Errorf("%d elided pages but no EMULATOR_CONTEXT after the last change to carry their references", e.set.n)}
 			}
-			st.ElidedFinal.Store(int64(e.set.n))
+			st.storeFinal(&e.set)
 		}
 	}
 	return it.Raw, nil
@@ -181,24 +207,31 @@ func (e *Elider) pageData(it *Item) []byte {
 
 	e.elide = slices.Grow(e.elide[:0], len(pd.Entries))[:len(pd.Entries)]
 	for i := range e.elide {
-		e.elide[i] = -1
+		e.elide[i] = keepEntry
 	}
-	n := 0
-	if e.active && !(e.opt.Debug && e.afterVerify) {
-		n = e.decide(pd)
+	var n, zero int
+	if (e.active || e.zero) && !(e.opt.Debug && e.afterVerify) {
+		n, zero = e.decide(pd)
 	}
 	if !e.afterVerify {
 		// In stream order, so the last entry of a pfn wins.
 		for i, ent := range pd.Entries {
 			pfn := ent.PFN()
-			if j := e.elide[i]; j >= 0 {
+			switch j := e.elide[i]; {
+			case j >= 0:
 				e.set.put(pfn, e.refs[j])
 				e.setGen++
 				e.everElided = true
-			} else if e.set.remove(pfn) {
+			case j == zeroEntry:
+				e.set.put(pfn, blk.ZeroRef())
 				e.setGen++
+				e.everElided = true
+			default:
+				if e.set.remove(pfn) {
+					e.setGen++
+				}
 			}
-			if ent.Type() == PageXALLOC && e.elide[i] < 0 {
+			if ent.Type() == PageXALLOC && e.elide[i] == keepEntry {
 				if e.xalloc == nil {
 					e.xalloc = make(map[uint64]struct{})
 				}
@@ -212,27 +245,38 @@ func (e *Elider) pageData(it *Item) []byte {
 		return it.Raw
 	}
 	st.Elided.Add(int64(n))
+	st.ElidedDisk.Add(int64(n - zero))
+	st.ElidedZero.Add(int64(zero))
 	return e.compact(it)
 }
 
-// decide looks up the NOTAB entries of the record in one batch (split at
-// blk.MaxLookup), hashes the pages of tracked pfns and sets e.elide[i] to the
-// index in e.refs of the block entry i equals. It returns how many.
-func (e *Elider) decide(pd *PageData) int {
+// decide marks the NOTAB entries of the record to elide in e.elide: with
+// zero elision on, all-zero pages as zeroEntry; with a tracker, the other
+// pages are looked up in one batch (split at blk.MaxLookup), the pages of
+// tracked pfns hashed, and an entry equal to its block gets the index of
+// its reference in e.refs. It returns how many entries it marked, and how
+// many of those are zero pages. A tracker failure stops disk elision (zero
+// pages are still marked).
+func (e *Elider) decide(pd *PageData) (n, zero int) {
 	e.pfns, e.idx = e.pfns[:0], e.idx[:0]
 	k := 0 // data page index
-	for _, ent := range pd.Entries {
+	for i, ent := range pd.Entries {
 		t := ent.Type()
 		if t == PageNOTAB {
-			e.pfns = append(e.pfns, ent.PFN())
-			e.idx = append(e.idx, k)
+			if e.zero && isZeroPage(pd.Page(k)) {
+				e.elide[i] = zeroEntry
+				zero++
+			} else if e.active {
+				e.pfns = append(e.pfns, ent.PFN())
+				e.idx = append(e.idx, entryPage{i, k})
+			}
 		}
 		if t.HasData() {
 			k++
 		}
 	}
 	if len(e.pfns) == 0 {
-		return 0
+		return zero, zero
 	}
 	e.refs = slices.Grow(e.refs[:0], len(e.pfns))[:len(e.pfns)]
 	e.ok = slices.Grow(e.ok[:0], len(e.pfns))[:len(e.pfns)]
@@ -243,32 +287,33 @@ func (e *Elider) decide(pd *PageData) int {
 		if err != nil {
 			e.trackerErr = err
 			e.active = false
-			e.logf("elision off: tracker lookup failed: %v", err)
-			return 0
+			if e.zero {
+				e.logf("disk elision off (all-zero pages are still elided): tracker lookup failed: %v", err)
+			} else {
+				e.logf("elision off: tracker lookup failed: %v", err)
+			}
+			return zero, zero
 		}
 		hits += h
 	}
 	e.stats.Looked.Add(int64(len(e.pfns)))
 	e.stats.Hits.Add(int64(hits))
 	if hits == 0 {
-		return 0
+		return zero, zero
 	}
-	n, j := 0, 0
-	for i, ent := range pd.Entries {
-		if ent.Type() != PageNOTAB {
+	n = zero
+	for j, x := range e.idx {
+		if !e.ok[j] {
 			continue
 		}
-		if e.ok[j] {
-			if blk.HashPage(pd.Page(e.idx[j])) == e.refs[j].Hash {
-				e.elide[i] = int32(j)
-				n++
-			} else {
-				e.stats.HashMismatch.Add(1)
-			}
+		if blk.HashPage(pd.Page(x.page)) == e.refs[j].Hash {
+			e.elide[x.entry] = int32(j)
+			n++
+		} else {
+			e.stats.HashMismatch.Add(1)
 		}
-		j++
 	}
-	return n
+	return n, zero
 }
 
 // compact rewrites the PAGE_DATA record in place: elided entries become
@@ -280,7 +325,7 @@ func (e *Elider) compact(it *Item) []byte {
 	dataStart := pageDataHdrSize + 8*len(pd.Entries)
 	w, r := dataStart, dataStart
 	for i, ent := range pd.Entries {
-		if e.elide[i] >= 0 {
+		if e.elide[i] != keepEntry {
 			x := MakePFNEntry(ent.PFN(), PageXALLOC)
 			pd.Entries[i] = x
 			binary.LittleEndian.PutUint64(body[pageDataHdrSize+8*i:], uint64(x))
@@ -305,7 +350,7 @@ func (e *Elider) compact(it *Item) []byte {
 }
 
 func (e *Elider) emulatorContext(it *Item) ([]byte, error) {
-	if e.opt.Tracker == nil && !e.everElided {
+	if e.opt.Tracker == nil && !e.opt.Zero && !e.everElided {
 		return it.Raw, nil
 	}
 	hdr, blob, err := ParseEmulatorBody(it.Rec.Body)
@@ -347,6 +392,7 @@ func (e *Elider) emulatorContext(it *Item) ([]byte, error) {
 type elidedSet struct {
 	chunks map[uint64]*setChunk
 	n      int
+	zero   int // of n, zero references
 	last   *setChunk
 	lastID uint64
 }
@@ -391,6 +437,11 @@ func (s *elidedSet) put(pfn uint64, r blk.Ref) {
 	if !sl.valid {
 		c.n++
 		s.n++
+	} else if sl.disk == blk.ZeroDisk {
+		s.zero--
+	}
+	if r.IsZeroPage() {
+		s.zero++
 	}
 	*sl = setSlot{sector: r.Sector, hash: r.Hash, gen: r.Gen, disk: r.Disk, valid: true}
 }
@@ -409,6 +460,9 @@ func (s *elidedSet) remove(pfn uint64) bool {
 		return false
 	}
 	sl.valid = false
+	if sl.disk == blk.ZeroDisk {
+		s.zero--
+	}
 	c.n--
 	s.n--
 	if c.n == 0 {

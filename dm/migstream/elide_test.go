@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -64,56 +65,84 @@ func stripGen(l []ms.Elided) []ms.Elided {
 // are the exact set.
 func TestElideRandom(t *testing.T) {
 	for _, c := range configs {
-		for _, debug := range []bool{false, true} {
-			s := streamtest.Generate(c)
-			set, elided := s.ExpectedElided(debug)
-			want := sortedSet(set)
-			got, el := filter(t, s.Bytes, ms.FilterOptions{Check: true, ElideOptions: ms.ElideOptions{Tracker: s.Tracker, Debug: debug}})
-			if !slices.Equal(el.Elided(), want) {
-				t.Fatalf("seed %d debug %v: elided set differs: got %d pages, want %d", c.Seed, debug, len(el.Elided()), len(want))
-			}
-			nElided := 0
-			for _, e := range elided {
-				if e {
-					nElided++
-				}
-			}
-			if el.Stats().Elided.Load() != int64(nElided) || el.Stats().ElidedFinal.Load() != int64(len(want)) {
-				t.Fatalf("seed %d: stats elided %d final %d, want %d %d", c.Seed, el.Stats().Elided.Load(), el.Stats().ElidedFinal.Load(), nElided, len(want))
-			}
-			blob, err := ms.AttachPageRefs(s.Blob, want)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if exp := s.Rebuild(elided, blob); !bytes.Equal(got, exp) {
-				t.Fatalf("seed %d debug %v: output differs from the expected stream (%d vs %d bytes)", c.Seed, debug, len(got), len(exp))
-			}
-			if _, err := ms.Verify(bytes.NewReader(got)); err != nil {
-				t.Fatalf("seed %d: compacted stream: %v", c.Seed, err)
-			}
-			dm, refs, err := ms.PageRefs(emulatorBlob(t, got))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(want) > 0 && !bytes.Equal(dm, s.Blob) {
-				t.Fatalf("seed %d: DM blob not carried", c.Seed)
-			}
-			if !slices.Equal(refs, stripGen(want)) {
-				t.Fatalf("seed %d: references in the stream differ", c.Seed)
-			}
-			// Compacting a compacted stream changes nothing: the XALLOC
-			// entries pass, and their references are carried.
-			again, _ := filter(t, got, ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: s.Tracker, Debug: debug}})
-			if !bytes.Equal(again, got) {
-				t.Fatalf("seed %d debug %v: compacting twice changed the stream", c.Seed, debug)
-			}
-			if st := el.Stats(); st.Looked.Load() == 0 || st.Hits.Load() == 0 {
-				t.Fatalf("seed %d: no lookups", c.Seed)
-			}
-			if s.Tracker.MaxBatch > ms.MaxBatchSize+1 {
-				t.Fatalf("batch of %d pfns", s.Tracker.MaxBatch)
+		for _, v := range []struct {
+			zeroPages float64 // fraction of data pages sent all-zero
+			zero      bool    // ElideOptions.Zero
+		}{{0, false}, {0.15, false}, {0.15, true}} {
+			for _, debug := range []bool{false, true} {
+				c := c
+				c.Zero = v.zeroPages
+				testElideRandom(t, c, debug, v.zero)
 			}
 		}
+	}
+}
+
+func testElideRandom(t *testing.T, c streamtest.Config, debug, zero bool) {
+	t.Helper()
+	s := streamtest.Generate(c)
+	set, elided := s.ExpectedElidedZero(debug, zero)
+	want := sortedSet(set)
+	got, el := filter(t, s.Bytes, ms.FilterOptions{Check: true, ElideOptions: ms.ElideOptions{Tracker: s.Tracker, Zero: zero, Debug: debug}})
+	if !slices.Equal(el.Elided(), want) {
+		t.Fatalf("seed %d debug %v zero %v: elided set differs: got %d pages, want %d", c.Seed, debug, zero, len(el.Elided()), len(want))
+	}
+	nElided, nZero, finalZero := 0, 0, 0
+	for i, e := range elided {
+		if e {
+			nElided++
+			if s.Entries[i].Data != nil && bytes.Equal(s.Entries[i].Data, make([]byte, ms.PageSize)) && zero {
+				nZero++
+			}
+		}
+	}
+	for _, r := range want {
+		if r.IsZeroPage() {
+			finalZero++
+		}
+	}
+	if zero && c.Zero > 0 && (nZero == 0 || finalZero == 0) {
+		t.Fatalf("seed %d: no zero page elided", c.Seed)
+	}
+	st := el.Stats()
+	if st.Elided.Load() != int64(nElided) || st.ElidedFinal.Load() != int64(len(want)) ||
+		st.ElidedZero.Load() != int64(nZero) || st.ElidedDisk.Load() != int64(nElided-nZero) ||
+		st.ElidedFinalZero.Load() != int64(finalZero) || st.ElidedFinalDisk.Load() != int64(len(want)-finalZero) {
+		t.Fatalf("seed %d: stats elided %d (disk %d zero %d) final %d (disk %d zero %d), want %d (zero %d) %d (zero %d)", c.Seed,
+			st.Elided.Load(), st.ElidedDisk.Load(), st.ElidedZero.Load(), st.ElidedFinal.Load(), st.ElidedFinalDisk.Load(), st.ElidedFinalZero.Load(),
+			nElided, nZero, len(want), finalZero)
+	}
+	blob, err := ms.AttachPageRefs(s.Blob, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp := s.Rebuild(elided, blob); !bytes.Equal(got, exp) {
+		t.Fatalf("seed %d debug %v: output differs from the expected stream (%d vs %d bytes)", c.Seed, debug, len(got), len(exp))
+	}
+	if _, err := ms.Verify(bytes.NewReader(got)); err != nil {
+		t.Fatalf("seed %d: compacted stream: %v", c.Seed, err)
+	}
+	dm, refs, err := ms.PageRefs(emulatorBlob(t, got))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want) > 0 && !bytes.Equal(dm, s.Blob) {
+		t.Fatalf("seed %d: DM blob not carried", c.Seed)
+	}
+	if !slices.Equal(refs, stripGen(want)) {
+		t.Fatalf("seed %d: references in the stream differ", c.Seed)
+	}
+	// Compacting a compacted stream changes nothing: the XALLOC
+	// entries pass, and their references are carried.
+	again, _ := filter(t, got, ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: s.Tracker, Zero: zero, Debug: debug}})
+	if !bytes.Equal(again, got) {
+		t.Fatalf("seed %d debug %v: compacting twice changed the stream", c.Seed, debug)
+	}
+	if st := el.Stats(); st.Looked.Load() == 0 || st.Hits.Load() == 0 {
+		t.Fatalf("seed %d: no lookups", c.Seed)
+	}
+	if s.Tracker.MaxBatch > ms.MaxBatchSize+1 {
+		t.Fatalf("batch of %d pfns", s.Tracker.MaxBatch)
 	}
 }
 
@@ -328,5 +357,160 @@ func TestLocalTracker(t *testing.T) {
 	got := el.Elided()
 	if len(got) != 2 || got[0].PFN != 5 || got[0].Sector != 64 || got[1].PFN != 6 || got[1].Sector != 72 {
 		t.Fatalf("elided %+v", got)
+	}
+}
+
+// All-zero pages: elided as zero references (with Zero), tracker or not;
+// a later data entry removes the pfn as for disk references; VERIFY, debug,
+// a failing tracker and PV domains as for disk references.
+func TestElideZero(t *testing.T) {
+	zp := make([]byte, ms.PageSize)
+	const (
+		pfnZero    = 1 // zero page → zero reference
+		pfnResent  = 2 // zero page, then data → out
+		pfnTracked = 3 // zero page, tracked on a disk block → zero reference, not looked up
+		pfnTab     = 4 // L1TAB zero page → never elided
+		pfnDisk    = 5 // tracked data page → disk reference
+		pfnDiskTo0 = 6 // disk reference, then zero page → zero reference
+		pfnVerify  = 7 // zero page after VERIFY: elided unless debug, the set unchanged
+		pfnZeroTo  = 8 // zero page, then disk copy → disk reference
+	)
+	newTracker := func() *streamtest.FakeTracker {
+		tr := streamtest.NewFakeTracker()
+		tr.Refs[pfnTracked] = blk.Ref{Disk: 0, Sector: 800, Hash: blk.HashPage(zp)}
+		tr.Refs[pfnDisk] = blk.Ref{Disk: 1, Sector: 8, Hash: blk.HashPage(page(5))}
+		tr.Refs[pfnDiskTo0] = blk.Ref{Disk: 1, Sector: 16, Hash: blk.HashPage(page(6))}
+		tr.Refs[pfnZeroTo] = blk.Ref{Disk: 1, Sector: 24, Hash: blk.HashPage(page(8))}
+		return tr
+	}
+	E := ms.MakePFNEntry
+	N := ms.PageNOTAB
+	stream := func(pv bool) []byte {
+		b := streamtest.NewBuilder().XLHeader(`{}`).LibxlHeader().LibxlRecord(ms.LibxlLibxcContext, nil).LibxcHeader(3).Bytes()
+		if pv {
+			b = bytes.Clone(b)
+			b[len(b)-16] = ms.DomainX86PV // the domain header's type (u32 LE)
+		}
+		rest := streamtest.NewBuilder().LibxcRecord(ms.LibxcStaticDataEnd, nil).
+			PageData([]ms.PFNEntry{E(pfnZero, N), E(pfnResent, N), E(pfnTracked, N), E(pfnTab, ms.PageL1TAB), E(pfnDisk, N), E(pfnDiskTo0, N), E(pfnZeroTo, N)},
+				[][]byte{zp, zp, zp, zp, page(5), page(6), zp}).
+			PageData([]ms.PFNEntry{E(pfnResent, N), E(pfnDiskTo0, N), E(pfnZeroTo, N)}, [][]byte{page(2), zp, page(8)}).
+			LibxcRecord(ms.LibxcVerify, nil).
+			PageData([]ms.PFNEntry{E(pfnVerify, N), E(pfnZero, N)}, [][]byte{zp, zp}).
+			LibxcRecord(ms.LibxcHVMContext, []byte("ctx")).LibxcRecord(ms.LibxcEnd, nil).
+			EmulatorContext([]byte("dm")).LibxlRecord(ms.LibxlEnd, nil).Bytes()
+		return append(b, rest...)
+	}
+	in := stream(false)
+	zr := blk.ZeroRef()
+	wantSet := func(withTracker bool) []ms.Elided {
+		set := []ms.Elided{{PFN: pfnZero, Ref: zr}, {PFN: pfnTracked, Ref: zr}, {PFN: pfnDiskTo0, Ref: zr}}
+		if withTracker {
+			set = append(set, ms.Elided{PFN: pfnZeroTo, Ref: blk.Ref{Disk: 1, Sector: 24, Hash: blk.HashPage(page(8))}},
+				ms.Elided{PFN: pfnDisk, Ref: blk.Ref{Disk: 1, Sector: 8, Hash: blk.HashPage(page(5))}})
+		}
+		slices.SortFunc(set, func(a, b ms.Elided) int { return cmp.Compare(a.PFN, b.PFN) })
+		return set
+	}
+	xallocs := func(out []byte) [][]uint64 {
+		var x [][]uint64
+		for _, it := range decodeAll(t, out) {
+			if it.IsLibxc(ms.LibxcPageData) {
+				var l []uint64
+				for _, e := range it.Pages.Entries {
+					if e.Type() == ms.PageXALLOC {
+						l = append(l, e.PFN())
+					}
+				}
+				x = append(x, l)
+			}
+		}
+		return x
+	}
+	for _, withTracker := range []bool{false, true} {
+		for _, debug := range []bool{false, true} {
+			opt := ms.ElideOptions{Zero: true, Debug: debug}
+			var tr *streamtest.FakeTracker
+			if withTracker {
+				tr = newTracker()
+				opt.Tracker = tr
+			}
+			out, el := filter(t, in, ms.FilterOptions{Check: true, ElideOptions: opt})
+			want := wantSet(withTracker)
+			if got := el.Elided(); !slices.Equal(stripGen(got), want) {
+				t.Fatalf("tracker %v debug %v: set %+v\nwant %+v", withTracker, debug, got, want)
+			}
+			wantX := [][]uint64{{pfnZero, pfnResent, pfnTracked, pfnZeroTo}, {pfnDiskTo0}, {pfnVerify, pfnZero}}
+			disk := 0
+			if withTracker {
+				wantX[0] = []uint64{pfnZero, pfnResent, pfnTracked, pfnDisk, pfnDiskTo0, pfnZeroTo}
+				wantX[1] = []uint64{pfnDiskTo0, pfnZeroTo}
+				disk = 3
+			}
+			if debug {
+				wantX[2] = nil
+			}
+			if got := xallocs(out); !slices.EqualFunc(got, wantX, func(a, b []uint64) bool { return slices.Equal(a, b) }) {
+				t.Fatalf("tracker %v debug %v: XALLOC entries %v, want %v", withTracker, debug, got, wantX)
+			}
+			zero := 7
+			if debug {
+				zero = 5
+			}
+			st := el.Stats()
+			if st.ElidedZero.Load() != int64(zero) || st.ElidedDisk.Load() != int64(disk) || st.Elided.Load() != int64(zero+disk) ||
+				st.ElidedFinalZero.Load() != 3 || st.ElidedFinalDisk.Load() != int64(len(want)-3) || st.ElidedFinal.Load() != int64(len(want)) {
+				t.Fatalf("tracker %v debug %v: stats elided %d/%d/%d final %d/%d/%d", withTracker, debug,
+					st.Elided.Load(), st.ElidedDisk.Load(), st.ElidedZero.Load(), st.ElidedFinal.Load(), st.ElidedFinalDisk.Load(), st.ElidedFinalZero.Load())
+			}
+			if withTracker {
+				// Zero pages are not looked up: pfnTracked was never asked.
+				if st.Looked.Load() != 4 || tr.Calls != 2 {
+					t.Fatalf("looked up %d pfns in %d calls, want 4 in 2", st.Looked.Load(), tr.Calls)
+				}
+			}
+			blob := emulatorBlob(t, out)
+			_, refs, err := ms.PageRefs(blob)
+			if err != nil || !slices.Equal(refs, want) {
+				t.Fatalf("references %+v %v", refs, err)
+			}
+			secs, err := devstate.Parse(blob)
+			if err != nil || secs[len(secs)-1].ID != ms.SectionPageRefs || secs[len(secs)-1].Version != 2 {
+				t.Fatalf("PAGEREFS with zero references: %+v %v", secs, err)
+			}
+			again, _ := filter(t, out, ms.FilterOptions{ElideOptions: opt})
+			if !bytes.Equal(again, out) {
+				t.Fatalf("tracker %v debug %v: compacting twice changed the stream", withTracker, debug)
+			}
+		}
+	}
+	// Without Zero (migrate-send --no-elide; no tracker): unchanged. With a
+	// tracker but without Zero: zero pages are looked up like any page.
+	if out, el := filter(t, in, ms.FilterOptions{}); !bytes.Equal(out, in) || el.Stats().Elided.Load() != 0 {
+		t.Fatal("stream changed without Zero and tracker")
+	}
+	_, el := filter(t, in, ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: newTracker()}})
+	if st := el.Stats(); st.ElidedZero.Load() != 0 || st.ElidedDisk.Load() != 4 {
+		t.Fatalf("tracker without Zero: zero %d disk %d", st.ElidedZero.Load(), st.ElidedDisk.Load())
+	}
+	// A failing tracker stops disk elision only.
+	tr := newTracker()
+	tr.FailAfter = 1
+	var logs []string
+	out, el := filter(t, in, ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: tr, Zero: true,
+		Logf: func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }}})
+	if !errors.Is(el.TrackerErr(), streamtest.ErrFake) || len(logs) != 1 || !strings.Contains(logs[0], "all-zero pages are still elided") {
+		t.Fatalf("tracker error %v, logs %q", el.TrackerErr(), logs)
+	}
+	if got := el.Elided(); !slices.Equal(got, wantSet(false)) || el.Stats().ElidedZero.Load() != 7 {
+		t.Fatalf("after the tracker failed: set %+v, zero %d", got, el.Stats().ElidedZero.Load())
+	}
+	if _, err := ms.Verify(bytes.NewReader(out)); err != nil {
+		t.Fatal(err)
+	}
+	// PV: nothing.
+	pv := stream(true)
+	if out, el := filter(t, pv, ms.FilterOptions{ElideOptions: ms.ElideOptions{Zero: true}}); !bytes.Equal(out, pv) || el.Stats().Elided.Load() != 0 {
+		t.Fatal("PV stream was changed")
 	}
 }

@@ -20,7 +20,8 @@ type FilterOptions struct {
 // Filter copies the stream from src to dst, eliding pages as configured, one
 // write per item (so nothing waits in a buffer while the sender waits for the
 // receiver). It returns the Elider (for its set and counters) and the first
-// error. Without a tracker it is the identity on valid streams.
+// error. Without a tracker and zero-page elision (ElideOptions.Zero) it is
+// the identity on valid streams.
 func Filter(dst io.Writer, src io.Reader, opt FilterOptions) (*Elider, error) {
 	el := NewElider(opt.ElideOptions)
 	st := el.Stats()

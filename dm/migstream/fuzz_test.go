@@ -68,7 +68,7 @@ func elidableSeed() []byte {
 	E := ms.MakePFNEntry
 	return streamtest.NewBuilder().XLHeader(`{}`).LibxlHeader().LibxlRecord(ms.LibxlLibxcContext, nil).
 		LibxcHeader(3).LibxcRecord(ms.LibxcStaticDataEnd, nil).
-		PageData([]ms.PFNEntry{E(1, ms.PageNOTAB), E(2, ms.PageNOTAB), E(1, ms.PageNOTAB)}, [][]byte{page(1), page(9), page(1)}).
+		PageData([]ms.PFNEntry{E(1, ms.PageNOTAB), E(2, ms.PageNOTAB), E(1, ms.PageNOTAB), E(3, ms.PageNOTAB)}, [][]byte{page(1), page(9), page(1), page(0)}).
 		LibxcRecord(ms.LibxcVerify, nil).
 		PageData([]ms.PFNEntry{E(2, ms.PageNOTAB)}, [][]byte{page(2)}).
 		LibxcRecord(ms.LibxcEnd, nil).EmulatorContext([]byte("x")).LibxlRecord(ms.LibxlEnd, nil).Bytes()
@@ -164,6 +164,7 @@ func FuzzPageData(f *testing.F) {
 	f.Add(ms.AppendPageData(nil, []ms.PFNEntry{E(1, ms.PageXTAB), E(2, ms.PageXALLOC), E(3, ms.PageBROKEN)}, nil))
 	f.Add(ms.AppendPageData(nil, []ms.PFNEntry{E(1, ms.PageNOTAB), E(2, ms.PageXTAB), E(1, ms.PageNOTAB)}, [][]byte{page(1), page(3)}))
 	f.Add(ms.AppendPageData(nil, []ms.PFNEntry{E(1, ms.PageL1TAB|ms.PageLPIN), E(4, ms.PageNOTAB)}, [][]byte{page(0), page(4)}))
+	f.Add(ms.AppendPageData(nil, []ms.PFNEntry{E(5, ms.PageNOTAB), E(4, ms.PageNOTAB)}, [][]byte{page(0), page(4)}))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		pd, err := ms.ParsePageData(body, nil)
 		if err != nil {
@@ -174,7 +175,7 @@ func FuzzPageData(f *testing.F) {
 		}
 		in := streamtest.NewBuilder().LibxcHeader(3).LibxcRecord(ms.LibxcPageData, body).LibxcRecord(ms.LibxcEnd, nil).Bytes()
 		var out bytes.Buffer
-		el, err := ms.Filter(&out, bytes.NewReader(in), ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: fuzzTracker{}}})
+		el, err := ms.Filter(&out, bytes.NewReader(in), ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: fuzzTracker{}, Zero: true}})
 		if err != nil {
 			t.Fatalf("valid body rejected: %v", err)
 		}
@@ -199,7 +200,7 @@ func FuzzStream(f *testing.F) {
 	f.Add(elidableSeed())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var out bytes.Buffer
-		_, err := ms.Filter(&out, bytes.NewReader(data), ms.FilterOptions{Check: true, ElideOptions: ms.ElideOptions{Tracker: fuzzTracker{}}})
+		_, err := ms.Filter(&out, bytes.NewReader(data), ms.FilterOptions{Check: true, ElideOptions: ms.ElideOptions{Tracker: fuzzTracker{}, Zero: true}})
 		if err != nil {
 			checkErr(t, err)
 			if _, err := decodeItems(t, data, ms.LayerDetect); err != nil {
@@ -212,7 +213,7 @@ func FuzzStream(f *testing.F) {
 			t.Fatalf("compacted stream: %v", err)
 		}
 		var again bytes.Buffer
-		if _, err := ms.Filter(&again, bytes.NewReader(out.Bytes()), ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: fuzzTracker{}}}); err != nil {
+		if _, err := ms.Filter(&again, bytes.NewReader(out.Bytes()), ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: fuzzTracker{}, Zero: true}}); err != nil {
 			t.Fatalf("compacting the compacted stream: %v", err)
 		}
 		if !bytes.Equal(again.Bytes(), out.Bytes()) {
@@ -226,6 +227,13 @@ func FuzzContainer(f *testing.F) {
 	w, _ := ms.AttachPageRefs([]byte("blob"), refs)
 	f.Add(w)
 	body, _ := ms.EncodePageRefs(refs)
+	f.Add(body)
+	// With zero references (PAGEREFS v2).
+	zrefs := []ms.Elided{{PFN: 0, Ref: blk.ZeroRef()}, {PFN: 1, Ref: blk.Ref{Sector: 8, Hash: 1}}, {PFN: 2, Ref: blk.ZeroRef()},
+		{PFN: 3, Ref: blk.ZeroRef()}, {PFN: 9, Ref: blk.Ref{Disk: 1}}}
+	w, _ = ms.AttachPageRefs([]byte("blob"), zrefs)
+	f.Add(w)
+	body, _ = ms.EncodePageRefs(zrefs)
 	f.Add(body)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// The container parser the transport uses keeps every section

@@ -42,7 +42,8 @@ type trackerRow struct {
 
 func TestGoldenStreams(t *testing.T) {
 	for name, g := range goldenStreams() {
-		compact, _ := filter(t, g.s.Bytes, ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: g.s.Tracker, Debug: g.debug}})
+		// As `xen-dm-go stream compact` does: disk copies and all-zero pages.
+		compact, _ := filter(t, g.s.Bytes, ms.FilterOptions{ElideOptions: ms.ElideOptions{Tracker: g.s.Tracker, Zero: true, Debug: g.debug}})
 		var rows []trackerRow
 		for pfn, r := range g.s.Tracker.Refs {
 			rows = append(rows, trackerRow{pfn, r.Disk, r.Sector, r.Hash})
@@ -131,7 +132,7 @@ func TestCapturedStreams(t *testing.T) {
 					}
 				}
 			}
-			out, el := filter(t, b, ms.FilterOptions{Check: true, ElideOptions: ms.ElideOptions{Tracker: tr}})
+			out, el := filter(t, b, ms.FilterOptions{Check: true, ElideOptions: ms.ElideOptions{Tracker: tr, Zero: true}})
 			if _, err := ms.Verify(bytes.NewReader(out)); err != nil {
 				t.Fatal(err)
 			}
@@ -139,7 +140,9 @@ func TestCapturedStreams(t *testing.T) {
 			if err != nil || len(refs) != len(el.Elided()) {
 				t.Fatalf("references: %d of %d, %v", len(refs), len(el.Elided()), err)
 			}
-			t.Logf("%d bytes → %d, %d pages elided, %d references", len(b), len(out), el.Stats().Elided.Load(), len(refs))
+			st := el.Stats()
+			t.Logf("%d bytes → %d, %d pages elided (disk %d, zero %d), %d references (zero %d)", len(b), len(out),
+				st.Elided.Load(), st.ElidedDisk.Load(), st.ElidedZero.Load(), len(refs), st.ElidedFinalZero.Load())
 		})
 	}
 	if n == 0 {

@@ -163,8 +163,14 @@ func describeContainer(blob []byte) string {
 		}
 		p := fmt.Sprintf("%s v%d%s %d bytes", sec.ID, sec.Version, crc, len(sec.Payload))
 		if sec.ID == SectionPageRefs {
-			if refs, err := DecodePageRefs(sec.Payload); err == nil {
-				p = fmt.Sprintf("%s v%d%s: %d page references", sec.ID, sec.Version, crc, len(refs))
+			if refs, err := blk.DecodePageRefsVersion(sec.Version, sec.Payload); err == nil {
+				zero := 0
+				for _, r := range refs {
+					if r.IsZeroPage() {
+						zero++
+					}
+				}
+				p = fmt.Sprintf("%s v%d%s: %d page references (%d disk, %d zero)", sec.ID, sec.Version, crc, len(refs), len(refs)-zero, zero)
 			} else {
 				p += ": " + err.Error()
 			}
@@ -178,7 +184,8 @@ const streamUsage = `usage: xen-dm-go stream compact [--tracker SOCK | --domid D
        xen-dm-go stream inspect [-v] FILE
        xen-dm-go stream verify FILE
 IN, OUT and FILE may be "-" for stdin/stdout. compact rewrites an xl save file
-(or any xl/libxl/libxc stream) as migrate-send does; verify applies the rules of
+(or any xl/libxl/libxc stream) as migrate-send does (tracked disk copies and,
+with a tracker, all-zero pages become data-less XALLOC entries); verify applies the rules of
 Xen's verify-stream-v2 (exit status 1 on a violation).
 `
 
@@ -286,7 +293,7 @@ func StreamMain(args []string, stdin io.Reader, stdout io.Writer, stderr io.Writ
 		}
 		st := new(Stats)
 		start := time.Now()
-		_, err = Filter(w, r, FilterOptions{Check: *check, ElideOptions: ElideOptions{Tracker: tc, Debug: *debug, Stats: st, Logf: lg.Printf}})
+		_, err = Filter(w, r, FilterOptions{Check: *check, ElideOptions: ElideOptions{Tracker: tc, Zero: tc != nil, Debug: *debug, Stats: st, Logf: lg.Printf}})
 		if f != nil {
 			if cerr := f.Close(); err == nil {
 				err = cerr

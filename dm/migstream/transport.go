@@ -155,26 +155,34 @@ func MessageName(msg string) string {
 
 // StatsLine is the final JSON line on stderr.
 type StatsLine struct {
-	Cmd          string  `json:"cmd"`
-	OK           bool    `json:"ok"`
-	Error        string  `json:"error,omitempty"`
-	Seconds      float64 `json:"seconds"`
-	BytesIn      int64   `json:"bytes_in"`
-	BytesOut     int64   `json:"bytes_out"`
-	Records      int64   `json:"records"`
-	PageRecords  int64   `json:"page_records"`
-	Pages        int64   `json:"pages"`
-	DataPages    int64   `json:"data_pages"`
-	Elided       int64   `json:"pages_elided"`
-	ElidedFinal  int64   `json:"elided_final"`
-	LookedUp     int64   `json:"looked_up"`
-	Hits         int64   `json:"tracker_hits"`
-	HashMismatch int64   `json:"hash_mismatch"`
-	InMBps       float64 `json:"in_MBps"`
-	OutMBps      float64 `json:"out_MBps"`
-	Tracker      string  `json:"tracker,omitempty"`
-	TrackerError string  `json:"tracker_error,omitempty"`
-	ExitCode     int     `json:"exit_code"`
+	Cmd         string  `json:"cmd"`
+	OK          bool    `json:"ok"`
+	Error       string  `json:"error,omitempty"`
+	Seconds     float64 `json:"seconds"`
+	BytesIn     int64   `json:"bytes_in"`
+	BytesOut    int64   `json:"bytes_out"`
+	Records     int64   `json:"records"`
+	PageRecords int64   `json:"page_records"`
+	Pages       int64   `json:"pages"`
+	DataPages   int64   `json:"data_pages"`
+	// Elided counts every entry rewritten to XALLOC: disk copies plus
+	// all-zero pages (ElidedDisk + ElidedZero).
+	Elided     int64 `json:"pages_elided"`
+	ElidedDisk int64 `json:"pages_elided_disk"`
+	ElidedZero int64 `json:"pages_elided_zero"`
+	// ElidedFinal is the size of the elided set at the end (the page
+	// references carried): disk plus zero references.
+	ElidedFinal     int64   `json:"elided_final"`
+	ElidedFinalDisk int64   `json:"elided_final_disk"`
+	ElidedFinalZero int64   `json:"elided_final_zero"`
+	LookedUp        int64   `json:"looked_up"`
+	Hits            int64   `json:"tracker_hits"`
+	HashMismatch    int64   `json:"hash_mismatch"`
+	InMBps          float64 `json:"in_MBps"`
+	OutMBps         float64 `json:"out_MBps"`
+	Tracker         string  `json:"tracker,omitempty"`
+	TrackerError    string  `json:"tracker_error,omitempty"`
+	ExitCode        int     `json:"exit_code"`
 }
 
 func statsLine(cmd string, st *Stats, d time.Duration) StatsLine {
@@ -183,7 +191,8 @@ func statsLine(cmd string, st *Stats, d time.Duration) StatsLine {
 		BytesIn: st.BytesIn.Load(), BytesOut: st.BytesOut.Load(),
 		Records: st.Records.Load(), PageRecords: st.PageRecords.Load(),
 		Pages: st.Pages.Load(), DataPages: st.DataPages.Load(),
-		Elided: st.Elided.Load(), ElidedFinal: st.ElidedFinal.Load(),
+		Elided: st.Elided.Load(), ElidedDisk: st.ElidedDisk.Load(), ElidedZero: st.ElidedZero.Load(),
+		ElidedFinal: st.ElidedFinal.Load(), ElidedFinalDisk: st.ElidedFinalDisk.Load(), ElidedFinalZero: st.ElidedFinalZero.Load(),
 		LookedUp: st.Looked.Load(), Hits: st.Hits.Load(), HashMismatch: st.HashMismatch.Load(),
 	}
 	if sec := d.Seconds(); sec > 0 {
@@ -252,8 +261,9 @@ func progress(l *logger, st *Stats, every time.Duration, stop <-chan struct{}, d
 			rate := float64(in-lastIn) / now.Sub(lastT).Seconds()
 			lastT, lastIn = now, in
 			pages, el := st.Pages.Load(), st.Elided.Load()
-			l.Printf("%.1fs in %s out %s (%.1f%%) pages %d elided %d (%.1f%%) %s/s",
-				now.Sub(start).Seconds(), human(in), human(out), pct(out, in), pages, el, pct(el, pages), human(int64(rate)))
+			l.Printf("%.1fs in %s out %s (%.1f%%) pages %d elided %d (%.1f%%: disk %d, zero %d) %s/s",
+				now.Sub(start).Seconds(), human(in), human(out), pct(out, in), pages, el, pct(el, pages),
+				st.ElidedDisk.Load(), st.ElidedZero.Load(), human(int64(rate)))
 		}
 	}
 }

@@ -20,7 +20,10 @@
 // to EagerConfig.MaxRead bytes, a few reads in parallel; checks the XXH3-64
 // of each 4 KiB (blk.HashPage, the tracker's hash) against the reference;
 // and writes the page into guest memory through the foreign-memory map
-// cache. The whole cost is downtime, and counts against libxl's 60 s
+// cache. Zero references (blk.Ref.IsZeroPage: all-zero pages the transport
+// elided) read no disk: runs of consecutive pfns are written with zeros
+// (XALLOC pages arrive with whatever Xen's allocator returned, not
+// necessarily zeros). The whole cost is downtime, and counts against libxl's 60 s
 // device-model start-up timeout. Any reference it cannot satisfy — an
 // unknown disk, a block beyond the end of the disk, a failed or short read,
 // a hash mismatch, a pfn guest memory refuses (ErrBadGPA: not populated, or

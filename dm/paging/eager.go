@@ -46,7 +46,9 @@ type EagerConfig struct {
 
 // EagerStats describe one Fill.
 type EagerStats struct {
-	Pages     int   // pages written into guest memory (= references)
+	Pages     int   // pages written into guest memory (= references): DiskPages + ZeroPages
+	DiskPages int   // of which filled from a disk block
+	ZeroPages int   // of which zero references, written with zeros (no disk read)
 	Reads     int   // disk reads issued
 	BytesRead int64 // bytes read from the disks (distinct blocks × 4 KiB)
 	Duration  time.Duration
@@ -90,40 +92,55 @@ func (e *Eager) Prepare(ctx context.Context, refs []blk.Entry) error {
 	if len(refs) == 0 {
 		return nil
 	}
-	e.cfg.Log.Info("filling elided guest pages from the disks before the guest runs (eager: no mem_paging)",
+	e.cfg.Log.Info("filling elided guest pages from the disks and zero pages before the guest runs (eager: no mem_paging)",
 		"domid", e.cfg.DomID, "pages", len(refs))
 	st, err := e.Fill(ctx, refs)
 	if err != nil {
 		return err
 	}
-	e.cfg.Log.Info("elided guest pages filled from the disks", "domid", e.cfg.DomID, "pages", st.Pages,
+	e.cfg.Log.Info("elided guest pages filled", "domid", e.cfg.DomID, "pages", st.Pages,
+		"from-disk", st.DiskPages, "zeroed", st.ZeroPages,
 		"reads", st.Reads, "bytes-read", st.BytesRead, "seconds", st.Duration.Seconds(), "MBps", st.MBps())
 	return nil
 }
 
 // extent is one coalesced read, blocks [sector, sector+8·blocks) of disk,
 // with the references it serves sorted by (sector, pfn). Several
-// references may name the same block.
+// references may name the same block. An extent of zero references (zero
+// set, dev nil) is instead a run of consecutive pfns to write zeros into.
 type extent struct {
 	disk   uint8
 	dev    blk.Backend
 	sector uint64
 	blocks int
 	refs   []blk.Entry
+	zero   bool
 }
 
-// Fill reads the block of every reference, checks its hash and writes it
-// into guest memory at the reference's pfn. It checks every reference
-// before any I/O; after that the first failure stops it, and pages already
-// written stay written (the guest must not run then). refs is not changed.
+// Fill reads the block of every disk reference, checks its hash and writes
+// it into guest memory at the reference's pfn, and writes zeros into the pfn
+// of every zero reference (blk.Ref.IsZeroPage; XALLOC pages are not
+// necessarily zero on arrival). It checks every reference before any I/O;
+// after that the first failure stops it, and pages already written stay
+// written (the guest must not run then). refs is not changed.
 func (e *Eager) Fill(ctx context.Context, refs []blk.Entry) (EagerStats, error) {
 	start := time.Now()
 	exts, maxBlocks, err := e.plan(refs)
 	if err != nil {
 		return EagerStats{}, err
 	}
-	st := EagerStats{Pages: len(refs), Reads: len(exts)}
+	st := EagerStats{Pages: len(refs)}
+	var zeros []byte // shared, only read
 	for _, x := range exts {
+		if x.zero {
+			st.ZeroPages += len(x.refs)
+			if zeros == nil {
+				zeros = make([]byte, e.maxBlocks*blk.BlockSize)
+			}
+			continue
+		}
+		st.DiskPages += len(x.refs)
+		st.Reads++
 		st.BytesRead += int64(x.blocks) * blk.BlockSize
 	}
 
@@ -142,7 +159,13 @@ func (e *Eager) Fill(ctx context.Context, refs []blk.Entry) (EagerStats, error) 
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := e.fillExtent(x, buf); err != nil {
+				var err error
+				if x.zero {
+					err = e.zeroExtent(x, zeros)
+				} else {
+					err = e.fillExtent(x, buf)
+				}
+				if err != nil {
 					failOnce.Do(func() { failErr = err; cancel() })
 				}
 			}
@@ -173,7 +196,22 @@ feed:
 func (e *Eager) plan(refs []blk.Entry) ([]extent, int, error) {
 	domid := e.cfg.DomID
 	sorted := true // by pfn, strictly (as devstate decodes them): no pfn twice
+	nzero := 0
 	for i, r := range refs {
+		if i > 0 && r.PFN <= refs[i-1].PFN {
+			sorted = false
+		}
+		if r.IsZeroPage() {
+			if r.PFN > blk.MaxPFN {
+				return nil, 0, refErr(domid, r, fmt.Errorf("pfn beyond libxc's 52 bits: %w", ErrBadRef))
+			}
+			if r.Sector != 0 || r.Hash != blk.ZeroPageHash {
+				return nil, 0, refErr(domid, r, fmt.Errorf("zero reference with sector %d and hash %#016x (want 0 and %#016x): %w",
+					r.Sector, r.Hash, uint64(blk.ZeroPageHash), ErrBadRef))
+			}
+			nzero++
+			continue
+		}
 		dev := e.cfg.Disks[r.Disk]
 		if dev == nil {
 			return nil, 0, refErr(domid, r, fmt.Errorf("IDE drive %d has no medium on this machine: %w", r.Disk, ErrUnknownDisk))
@@ -187,20 +225,31 @@ func (e *Eager) plan(refs []blk.Entry) ([]extent, int, error) {
 		if size := dev.Size(); size < blk.BlockSize || r.Sector > uint64(size-blk.BlockSize)/blk.SectorSize {
 			return nil, 0, refErr(domid, r, fmt.Errorf("block beyond the end of %s (%d bytes): %w", dev.Name(), size, ErrBadRef))
 		}
-		if i > 0 && r.PFN <= refs[i-1].PFN {
-			sorted = false
-		}
 	}
 	if !sorted {
 		if err := checkDuplicates(domid, refs); err != nil {
 			return nil, 0, err
 		}
 	}
+	// By block: the disk references, then the zero references by pfn
+	// (ZeroDisk is the largest disk number, their sector 0).
 	bySector := slices.Clone(refs)
 	slices.SortFunc(bySector, func(a, b blk.Entry) int {
 		return cmp.Or(cmp.Compare(a.Disk, b.Disk), cmp.Compare(a.Sector, b.Sector), cmp.Compare(a.PFN, b.PFN))
 	})
 	var exts []extent
+	// Runs of consecutive zero pfns, each at most maxBlocks pages: one
+	// write of zeros each.
+	zero := bySector[len(bySector)-nzero:]
+	for i := 0; i < len(zero); {
+		j := i + 1
+		for j < len(zero) && j-i < e.maxBlocks && zero[j].PFN == zero[j-1].PFN+1 {
+			j++
+		}
+		exts = append(exts, extent{disk: blk.ZeroDisk, blocks: j - i, refs: zero[i:j], zero: true})
+		i = j
+	}
+	bySector = bySector[:len(bySector)-nzero]
 	maxBlocks := 0
 	for i := 0; i < len(bySector); {
 		r := bySector[i]
@@ -233,6 +282,24 @@ func checkDuplicates(domid uint32, refs []blk.Entry) error {
 			p := byPFN[i-1]
 			return refErr(domid, byPFN[i], fmt.Errorf("pfn also referenced to disk %d sector %d: %w", p.Disk, p.Sector, ErrBadRef))
 		}
+	}
+	return nil
+}
+
+// zeroExtent writes zeros into the run of consecutive pfns x (at most
+// len(zeros) bytes).
+func (e *Eager) zeroExtent(x *extent, zeros []byte) error {
+	first := x.refs[0]
+	if err := e.cfg.Mem.WriteGPA(first.PFN<<hw.PageShift, zeros[:len(x.refs)*blk.BlockSize]); err != nil {
+		// Find the page guest memory refuses, to name it.
+		bad := first
+		for _, r := range x.refs {
+			if err1 := e.cfg.Mem.WriteGPA(r.PFN<<hw.PageShift, zeros[:blk.BlockSize]); err1 != nil {
+				bad, err = r, err1
+				break
+			}
+		}
+		return refErr(e.cfg.DomID, bad, fmt.Errorf("%w: %w", ErrBadPFN, err))
 	}
 	return nil
 }

@@ -66,6 +66,12 @@ func page(t testing.TB, mem hw.GuestMemory, pfn uint64) []byte {
 func checkFilled(t testing.TB, mem hw.GuestMemory, disks map[uint8]blk.Backend, refs []blk.Entry) {
 	t.Helper()
 	for _, r := range refs {
+		if r.IsZeroPage() {
+			if !bytes.Equal(page(t, mem, r.PFN), make([]byte, pageSize)) {
+				t.Fatalf("pfn %#x (zero reference) is not zero", r.PFN)
+			}
+			continue
+		}
 		if !bytes.Equal(page(t, mem, r.PFN), block(disks[r.Disk].(*blk.Mem), r.Sector/8)) {
 			t.Fatalf("pfn %#x does not hold disk %d sector %d", r.PFN, r.Disk, r.Sector)
 		}
@@ -325,7 +331,7 @@ func TestEagerPrepareLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFilled(t, mem, disks, refs)
-	for _, w := range []string{"domid=7", "pages=2", "reads=1", "bytes-read=8192", "seconds=", "MBps="} {
+	for _, w := range []string{"domid=7", "pages=2", "from-disk=2", "zeroed=0", "reads=1", "bytes-read=8192", "seconds=", "MBps="} {
 		if !strings.Contains(buf.String(), w) {
 			t.Fatalf("log lacks %q:\n%s", w, buf.String())
 		}
@@ -351,6 +357,9 @@ func randomRefs(r *rand.Rand, disks map[uint8]blk.Backend) []blk.Entry {
 			b = min(refs[len(refs)-1].Sector/8+1, size-1) // runs of blocks
 		}
 		e := ref(disks, pfn, disk, b)
+		if r.IntN(6) == 0 {
+			e.Ref = blk.ZeroRef()
+		}
 		if !clean {
 			switch r.IntN(12) {
 			case 0:
@@ -466,4 +475,98 @@ func BenchmarkEagerFill(b *testing.B) {
 		defer mc.Close()
 		run(b, mc, raw)
 	})
+}
+
+// writeCounter counts the writes into guest memory (the readers write
+// concurrently).
+type writeCounter struct {
+	hw.GuestMemory
+	mu            sync.Mutex
+	writes, bytes int
+}
+
+func (w *writeCounter) WriteGPA(gpa uint64, p []byte) error {
+	w.mu.Lock()
+	w.writes++
+	w.bytes += len(p)
+	w.mu.Unlock()
+	return w.GuestMemory.WriteGPA(gpa, p)
+}
+
+// Zero references: written with zeros over whatever the page held (XALLOC
+// pages are not necessarily scrubbed), consecutive pfns in one write, no
+// disk read; mixed with disk references.
+func TestEagerFillZero(t *testing.T) {
+	disks := twoDisks()
+	garbage := bytes.Repeat([]byte{0xa5}, 256*pageSize)
+	hm := hwtest.NewMemory(256 * pageSize)
+	if err := hm.WriteGPA(0, garbage); err != nil {
+		t.Fatal(err)
+	}
+	mem := &writeCounter{GuestMemory: hm}
+	z := func(pfn uint64) blk.Entry { return blk.Entry{PFN: pfn, Ref: blk.ZeroRef()} }
+	var refs []blk.Entry
+	for pfn := uint64(0x10); pfn < 0x30; pfn++ { // 32 zero pages: 4 writes of 8
+		refs = append(refs, z(pfn))
+	}
+	refs = append(refs, ref(disks, 0x30, 0, 5), z(0x31), ref(disks, 0x32, 0, 6), z(0x40), z(0x41), z(0xff))
+	e := paging.NewEager(paging.EagerConfig{DomID: testDom, Mem: mem, Disks: disks, MaxRead: 8 * pageSize})
+	st, err := e.Fill(context.Background(), refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFilled(t, hm, disks, refs)
+	if st.Pages != 38 || st.ZeroPages != 36 || st.DiskPages != 2 || st.Reads != 1 || st.BytesRead != 2*pageSize {
+		t.Fatalf("stats %+v", st)
+	}
+	// Zero runs 0x10–0x2f (4 writes), 0x31, 0x40–0x41, 0xff; the disk run
+	// 0x30 and 0x32 (two writes: not consecutive pfns).
+	if mem.writes != 4+1+1+1+2 || mem.bytes != 38*pageSize {
+		t.Fatalf("%d writes of %d bytes", mem.writes, mem.bytes)
+	}
+	// Nothing else was written.
+	for _, pfn := range []uint64{0x0f, 0x33, 0x42, 0xfe} {
+		if !bytes.Equal(page(t, hm, pfn), garbage[:pageSize]) {
+			t.Fatalf("pfn %#x written", pfn)
+		}
+	}
+	// Zero references only: no disks needed.
+	hm2 := hwtest.NewMemory(16 * pageSize)
+	hm2.WriteGPA(0, garbage[:16*pageSize])
+	if st, err := paging.NewEager(paging.EagerConfig{DomID: testDom, Mem: hm2}).Fill(context.Background(),
+		[]blk.Entry{z(3), z(4), z(9)}); err != nil || st.ZeroPages != 3 || st.Reads != 0 {
+		t.Fatalf("zero references only: %+v %v", st, err)
+	}
+	checkFilled(t, hm2, nil, []blk.Entry{z(3), z(4), z(9)})
+}
+
+func TestEagerZeroRefused(t *testing.T) {
+	disks := twoDisks()
+	mem := hwtest.NewMemory(256*pageSize, hwtest.Range{Base: 0x80 * pageSize, N: pageSize})
+	named := func(err error, class error, pfn uint64) {
+		t.Helper()
+		want := fmt.Sprintf("domid %d pfn %#x zero page", testDom, pfn)
+		if !errors.Is(err, class) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("got %v, want %v naming %q", err, class, want)
+		}
+	}
+	sector := blk.Entry{PFN: 5, Ref: blk.Ref{Disk: blk.ZeroDisk, Sector: 8, Hash: blk.ZeroPageHash}}
+	hash := blk.Entry{PFN: 6, Ref: blk.Ref{Disk: blk.ZeroDisk, Hash: 1}}
+	huge := blk.Entry{PFN: blk.MaxPFN + 1, Ref: blk.ZeroRef()}
+	for _, bad := range []blk.Entry{sector, hash, huge} {
+		named(fill(disks, mem, []blk.Entry{ref(disks, 1, 0, 1), bad}), paging.ErrBadRef, bad.PFN)
+	}
+	// The same pfn as a disk and a zero reference.
+	err := fill(disks, mem, []blk.Entry{{PFN: 7, Ref: blk.ZeroRef()}, ref(disks, 7, 0, 1)})
+	if !errors.Is(err, paging.ErrBadRef) || !strings.Contains(err.Error(), "pfn 0x7 ") {
+		t.Fatalf("pfn twice: %v", err)
+	}
+	if n := disks[0].(*blk.Mem).Stats().Reads; n != 0 {
+		t.Fatalf("%d reads before refusing", n)
+	}
+	// A run of zero pfns over a hole: the pfn in the hole is named.
+	named(fill(disks, mem, []blk.Entry{{PFN: 0x7f, Ref: blk.ZeroRef()}, {PFN: 0x80, Ref: blk.ZeroRef()}}), paging.ErrBadPFN, 0x80)
+	// Unknown disks are still refused beside zero references.
+	bad := blk.Entry{PFN: 9, Ref: blk.Ref{Disk: 3, Sector: 8}}
+	wantRefused(t, fill(disks, mem, []blk.Entry{{PFN: 8, Ref: blk.ZeroRef()}, bad}), paging.ErrUnknownDisk, bad)
 }

@@ -29,7 +29,7 @@ var (
 	ErrUnknownDisk = errors.New("no such disk")
 	// ErrBadRef: the reference itself cannot be right: a sector that is not
 	// 4 KiB-aligned, a block beyond the end of the disk, a pfn beyond 52
-	// bits, or a pfn named twice.
+	// bits, a pfn named twice, or a zero reference that is not blk.ZeroRef.
 	ErrBadRef = errors.New("malformed page reference")
 	// ErrRead: the disk read failed (the backend's error is wrapped too).
 	ErrRead = errors.New("disk read failed")
@@ -46,5 +46,8 @@ var (
 
 // refErr wraps err with what names one reference.
 func refErr(domid uint32, r blk.Entry, err error) error {
+	if r.IsZeroPage() {
+		return fmt.Errorf("paging: domid %d pfn %#x zero page (disk %d sector %d): %w", domid, r.PFN, r.Disk, r.Sector, err)
+	}
 	return fmt.Errorf("paging: domid %d pfn %#x disk %d sector %d: %w", domid, r.PFN, r.Disk, r.Sector, err)
 }

@@ -129,6 +129,7 @@ type Config struct {
 	XAlloc   float64 // XALLOC pages (default 0.02)
 	PVTab    float64 // L1TAB|LPINTAB pages with data, codec coverage (default 0.01)
 	Dup      float64 // chance a batch repeats a pfn (default 0.05)
+	Zero     float64 // fraction of pages with data sent all-zero (default and 0: none)
 	Verify   bool    // VERIFY, then every page again
 	Migrate  bool    // the GO message after libxl END
 	NoXL     bool    // start at the libxl header
@@ -239,6 +240,9 @@ func Generate(c Config) *Stream {
 		if !types[pfn].HasData() {
 			return nil
 		}
+		if c.Zero > 0 && r.Float64() < c.Zero {
+			return make([]byte, ms.PageSize)
+		}
 		if ref, ok := s.Tracker.Refs[uint64(pfn)]; ok && r.Float64() >= c.Stale {
 			return Block(ref.Disk, ref.Sector/8)
 		}
@@ -340,11 +344,24 @@ func Generate(c Config) *Stream {
 // block is elided and enters the set; any other entry removes its pfn; after
 // VERIFY the set no longer changes (and nothing is elided if debug).
 func (s *Stream) ExpectedElided(debug bool) (set map[uint64]blk.Ref, elided []bool) {
+	return s.ExpectedElidedZero(debug, false)
+}
+
+// ExpectedElidedZero is ExpectedElided with zero-page elision
+// (ElideOptions.Zero) if zero: an all-zero NOTAB page is elided as a zero
+// reference (blk.ZeroRef), whatever the tracker says.
+func (s *Stream) ExpectedElidedZero(debug, zero bool) (set map[uint64]blk.Ref, elided []bool) {
 	set = map[uint64]blk.Ref{}
 	elided = make([]bool, len(s.Entries))
 	for i, e := range s.Entries {
 		ref, ok := s.Tracker.Refs[e.PFN]
-		el := e.Type == ms.PageNOTAB && ok && !(debug && e.AfterVerify) && blk.HashPage(e.Data) == ref.Hash
+		may := e.Type == ms.PageNOTAB && !(debug && e.AfterVerify)
+		if zero && may && bytes.Equal(e.Data, make([]byte, ms.PageSize)) {
+			ref, ok = blk.ZeroRef(), true
+		} else if ok {
+			ok = blk.HashPage(e.Data) == ref.Hash
+		}
+		el := may && ok
 		elided[i] = el
 		if e.AfterVerify {
 			continue

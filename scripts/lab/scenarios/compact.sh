@@ -3,7 +3,8 @@
 #   1. boot; at round $CHECK_ROUND the guest is paused and `xen-dm-go tracker-check` measures the
 #      disk-backed fraction f of its memory (non-zero pages equal to a 4 KiB block of its disk ÷
 #      mapped pages) and the tracker's coverage and false entries;
-#   2. the guest's adversary starts (`diskbench hold`: it keeps re-reading scratch/hold.bin by DMA
+#   2. (pages that are exact copies of tracked disk blocks travel as disk references, all-zero
+#      pages as zero references) the guest's adversary starts (`diskbench hold`: it keeps re-reading scratch/hold.bin by DMA
 #      and overwriting those very blocks, and checks that its DMA-read copy never changes), then
 #      a live migration through the transport, as an operator runs it:
 #        xl migrate -s "xen-dm-go migrate-send --domid D --require-tracker --local --" g localhost
@@ -16,7 +17,8 @@
 #      save file), Xen's verify-stream-v2 on the compacted file, `xl restore` of it;
 #   5. the guest's final verification, power-off, the offline disk check.
 # Values: boot_s, the checker's summary (pages mapped zero_pages equal_pages tracked covered
-#   false_entries coverage …), f, compact_{bytes,bytes_in,pages_elided,elided_final,secs}, stock_bytes,
+#   false_entries coverage …), f, compact_{bytes,bytes_in,pages_elided{,_disk,_zero},elided_final,secs},
+#   stock_bytes,
 #   hold_ok, hold_cycles, save_{bytes_in,bytes_out,pages_elided}, verify_ok,
 #   restore_filled, checksums_ok.
 DM=${DM:-/xfer/bin/xen-dm-go}
@@ -77,6 +79,8 @@ grep -h '"cmd":"migrate-send"' "$logf" | tail -n1 | sed 's/^/    | /'
 result compact_bytes "$(json_field bytes_out <"$logf")"
 result compact_bytes_in "$(json_field bytes_in <"$logf")" # what stock xl sent in this very migration
 result compact_pages_elided "$(json_field pages_elided <"$logf")"
+result compact_pages_elided_disk "$(json_field pages_elided_disk <"$logf")"
+result compact_pages_elided_zero "$(json_field pages_elided_zero <"$logf")"
 result compact_elided_final "$(json_field elided_final <"$logf")"
 capture_serial $G
 wait_guest_round $G $((r + 1)) || fail "the guest did not go on after the compact migration"
