@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/xen-dm-go/xen-dm-go/dm/blk"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xen-dm-go/xen-dm-go/dm/blk"
 	"github.com/xen-dm-go/xen-dm-go/dm/chardev"
 	"github.com/xen-dm-go/xen-dm-go/dm/config"
 	"github.com/xen-dm-go/xen-dm-go/dm/qmp"
