@@ -291,6 +291,11 @@ cmd_scenario() {
 	mkdir -p "$dir/xfer"
 	cp "$f" "$dir/xfer/scenario.sh"
 	echo "$name" >"$dir/xfer/scenario.name"
+	# The scenarios that run xen-dm-go take it from /xfer/bin (the Go tests put it there): build
+	# it from this checkout.
+	mkdir -p "$dir/xfer/bin"
+	(cd "$LAB_DIR/../.." && PATH=$PATH:/usr/local/go/bin CGO_ENABLED=0 go build -o "$dir/xfer/bin/xen-dm-go" ./cmd/xen-dm-go) ||
+		lab_die "cannot build xen-dm-go for the scenario"
 	printf 'HYPERVISOR=%s\nTIMEOUT=%s\n' "$hv" "${XENLAB_TIMEOUT:-1800}" >"$dir/run.env"
 	lab_log "run directory $dir"
 	cmd_run "$dir"
