@@ -136,13 +136,8 @@ func TestLabCompact(t *testing.T) {
 // blk.Tracker served on a unix socket as the device model serves it, every page hashed, looked
 // up and elided. GB (10⁹ bytes) of input stream per second.
 func transportGBpsOneCore() float64 {
-	s := streamtest.Generate(streamtest.Config{Seed: 42, Pages: 8192, Batch: ms.MaxBatchSize, Rounds: -1,
-		Tracked: 1, Stale: -1, Holes: -1, Broken: -1, XAlloc: -1, PVTab: -1, Dup: -1})
-	bt := blk.NewTracker(blk.TrackerConfig{})
-	for pfn, r := range s.Tracker.Refs {
-		data := streamtest.Block(r.Disk, r.Sector/8)
-		bt.DiskToGuest(bt.Begin(), r.Disk, int64(r.Sector)*512, []blk.Segment{{GPA: pfn << 12, Len: ms.PageSize}}, data)
-	}
+	s := streamtest.OnePassTracked()
+	bt := s.BlkTracker()
 	dir, err := os.MkdirTemp("", "xdm-bench-")
 	if err != nil {
 		return 0
@@ -161,7 +156,7 @@ func transportGBpsOneCore() float64 {
 	defer c.Close()
 	prev := runtime.GOMAXPROCS(1)
 	defer runtime.GOMAXPROCS(prev)
-	sink := &copySink{buf: make([]byte, 8<<20)}
+	sink := streamtest.NewSink(8 << 20)
 	r := testing.Benchmark(func(b *testing.B) {
 		b.SetBytes(int64(len(s.Bytes)))
 		for b.Loop() {
@@ -174,23 +169,4 @@ func transportGBpsOneCore() float64 {
 		return 0
 	}
 	return float64(r.Bytes) * float64(r.N) / r.T.Seconds() / 1e9
-}
-
-// copySink copies what it is given into a ring, as write(2) to a pipe or socket would.
-type copySink struct {
-	buf []byte
-	off int
-}
-
-func (c *copySink) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		if c.off == len(c.buf) {
-			c.off = 0
-		}
-		k := copy(c.buf[c.off:], p)
-		c.off += k
-		p = p[k:]
-	}
-	return n, nil
 }

@@ -12,12 +12,8 @@ import (
 	"github.com/xen-dm-go/xen-dm-go/dm/migstream/streamtest"
 )
 
-// benchStream is a 32 MiB one-pass stream of 1024-page records (what libxc
-// writes), every page tracked and equal to its block.
-var benchStream = sync.OnceValue(func() *streamtest.Stream {
-	return streamtest.Generate(streamtest.Config{Seed: 42, Pages: 8192, Batch: ms.MaxBatchSize, Rounds: -1,
-		Tracked: 1, Stale: -1, Holes: -1, Broken: -1, XAlloc: -1, PVTab: -1, Dup: -1})
-})
+// benchStream is streamtest.OnePassTracked: 32 MiB, every page tracked.
+var benchStream = sync.OnceValue(streamtest.OnePassTracked)
 
 // benchZeroStream is benchStream's shape with every page all-zero (what
 // libxc sends for a guest's untouched memory).
@@ -61,7 +57,7 @@ func BenchmarkFilter(b *testing.B) {
 		// The same without zero elision: every page passes with its data.
 		{name: "zero-passthrough", s: z},
 	}
-	sink := &memSink{buf: make([]byte, 8<<20)}
+	sink := streamtest.NewSink(8 << 20)
 	b.Run("raw-copy", func(b *testing.B) {
 		b.SetBytes(int64(len(s.Bytes)))
 		buf := make([]byte, 1<<20)
@@ -94,11 +90,7 @@ func BenchmarkFilter(b *testing.B) {
 // socketTracker serves a real blk.Tracker holding the stream's references
 // on a unix socket, as the device model does.
 func socketTracker(b *testing.B, s *streamtest.Stream) ms.Tracker {
-	bt := blk.NewTracker(blk.TrackerConfig{})
-	for pfn, r := range s.Tracker.Refs {
-		data := streamtest.Block(r.Disk, r.Sector/8)
-		bt.DiskToGuest(bt.Begin(), r.Disk, int64(r.Sector)*512, []blk.Segment{{GPA: pfn << 12, Len: ms.PageSize}}, data)
-	}
+	bt := s.BlkTracker()
 	path := filepath.Join(b.TempDir(), "t.sock")
 	srv, err := blk.ServeTracker(path, bt)
 	if err != nil {
@@ -111,25 +103,6 @@ func socketTracker(b *testing.B, s *streamtest.Stream) ms.Tracker {
 	}
 	b.Cleanup(func() { c.Close() })
 	return c
-}
-
-// memSink copies what is written, as write(2) to a pipe or socket does.
-type memSink struct {
-	buf []byte
-	off int
-}
-
-func (m *memSink) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		if m.off == len(m.buf) {
-			m.off = 0
-		}
-		c := copy(m.buf[m.off:], p)
-		m.off += c
-		p = p[c:]
-	}
-	return n, nil
 }
 
 type onlyWriter struct{ io.Writer }

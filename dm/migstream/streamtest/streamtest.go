@@ -415,3 +415,46 @@ func (s *Stream) Rebuild(elide []bool, blob []byte) []byte {
 	}
 	return out.Bytes()
 }
+
+// OnePassTracked is the transport benchmarks' stream: 32 MiB in one pass of
+// MaxBatchSize-page records (what libxc writes), every page tracked and equal
+// to its block.
+func OnePassTracked() *Stream {
+	return Generate(Config{Seed: 42, Pages: 8192, Batch: ms.MaxBatchSize, Rounds: -1,
+		Tracked: 1, Stale: -1, Holes: -1, Broken: -1, XAlloc: -1, PVTab: -1, Dup: -1})
+}
+
+// BlkTracker returns a real blk.Tracker holding s's references, each recorded
+// as the disk read of its block into its pfn (what the device model does),
+// so it can be served on a socket like the device model's.
+func (s *Stream) BlkTracker() *blk.Tracker {
+	bt := blk.NewTracker(blk.TrackerConfig{})
+	for pfn, r := range s.Tracker.Refs {
+		data := Block(r.Disk, r.Sector/8)
+		bt.DiskToGuest(bt.Begin(), r.Disk, int64(r.Sector)*512, []blk.Segment{{GPA: pfn << 12, Len: ms.PageSize}}, data)
+	}
+	return bt
+}
+
+// Sink copies what is written into a ring buffer, as write(2) to a pipe or
+// socket copies it, so a benchmark pays for the output it produces.
+type Sink struct {
+	buf []byte
+	off int
+}
+
+// NewSink returns a Sink with a ring of size bytes.
+func NewSink(size int) *Sink { return &Sink{buf: make([]byte, size)} }
+
+func (m *Sink) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if m.off == len(m.buf) {
+			m.off = 0
+		}
+		c := copy(m.buf[m.off:], p)
+		m.off += c
+		p = p[c:]
+	}
+	return n, nil
+}

@@ -34,8 +34,8 @@ start_daemons
 last_xl_log() { ls -1 "$R"/xl/*.log | sort | tail -n1; }
 # json_field KEY: the numeric KEY of the transport's JSON stats line on stdin.
 json_field() { grep -o "\"$1\":[0-9.]*" | tail -n1 | cut -d: -f2; }
-# dm_log_since ID: the device model log of domain ID (libxl names it after the guest; the
-# incoming device model of a migration has "--incoming" in its name).
+# dm_logs: the logs of the guest's device models (libxl names them after the guest; the incoming
+# device model of a migration has "--incoming" in its name).
 dm_logs() { cat /var/log/xen/qemu-dm-$G*.log 2>/dev/null || true; }
 
 mkcfg $G "$DM" "$GUEST_MEM" >/dev/null
